@@ -1,0 +1,16 @@
+//! Generated code for the Kinesis Butler gRPC protocol (`kinesis_butler.v1`).
+//!
+//! The contract lives in `proto/kinesis_butler/v1/butler.proto`; this crate is shared by
+//! the server and the client so both always speak the same version.
+
+#![allow(missing_docs)]
+
+/// Messages and the `Butler` service of `kinesis_butler.v1`.
+pub mod v1 {
+    tonic::include_proto!("kinesis_butler.v1");
+
+    /// The encoded file descriptor set, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("butler_descriptor");
+}
+
+pub use v1::*;

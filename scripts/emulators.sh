@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Installs and runs the local Kinesis emulators used by the demo and the tests.
+#   scripts/emulators.sh install              npm packages into .tools/
+#   scripts/emulators.sh start [NAME...]      start (kinesis-local, kinesalite) unless running
+#   scripts/emulators.sh stop                 stop what this script started
+# Ports: kinesis-local 4610 (TLS 4611), kinesalite 4620; override with env.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+tools="$root/.tools"
+run="$tools/run"
+KINESIS_LOCAL_PORT=${KINESIS_LOCAL_PORT:-4610}
+KINESALITE_PORT=${KINESALITE_PORT:-4620}
+
+install() {
+  mkdir -p "$tools"
+  if [ ! -f "$tools/node_modules/kinesis-local/main.js" ] || [ ! -f "$tools/node_modules/kinesalite/cli.js" ]; then
+    echo "installing Kinesis emulators into .tools/ (npm)"
+    (cd "$tools" && [ -f package.json ] || echo '{"private":true}' > package.json)
+    (cd "$tools" && npm install --no-audit --no-fund --loglevel=error kinesis-local@0.6.2 kinesalite@3.3.3 >/dev/null)
+  fi
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+  for _ in $(seq 1 150); do port_open "$1" && return 0; sleep 0.2; done
+  echo "emulator on port $1 did not start; see $run/*.log" >&2; return 1
+}
+
+start_one() {
+  mkdir -p "$run"
+  case "$1" in
+    kinesis-local)
+      port_open "$KINESIS_LOCAL_PORT" && return 0
+      KINESIS_MOCK_CERT_PATH="$tools/node_modules/kinesis-local/server.json" \
+      KINESIS_MOCK_PLAIN_PORT=$KINESIS_LOCAL_PORT KINESIS_MOCK_TLS_PORT=$((KINESIS_LOCAL_PORT + 1)) \
+      SHARD_LIMIT=1000 CREATE_STREAM_DURATION=50ms DELETE_STREAM_DURATION=50ms \
+      SPLIT_SHARD_DURATION=50ms MERGE_SHARDS_DURATION=50ms UPDATE_SHARD_COUNT_DURATION=50ms \
+      REGISTER_STREAM_CONSUMER_DURATION=50ms DEREGISTER_STREAM_CONSUMER_DURATION=50ms \
+      LOG_LEVEL=WARN \
+        nohup node "$tools/node_modules/kinesis-local/main.js" >"$run/kinesis-local.log" 2>&1 &
+      echo $! > "$run/kinesis-local.pid"
+      wait_port "$KINESIS_LOCAL_PORT" ;;
+    kinesalite)
+      port_open "$KINESALITE_PORT" && return 0
+      nohup node "$tools/node_modules/kinesalite/cli.js" --port "$KINESALITE_PORT" --shardLimit 1000 \
+        --createStreamMs 50 --deleteStreamMs 50 --updateStreamMs 50 >"$run/kinesalite.log" 2>&1 &
+      echo $! > "$run/kinesalite.pid"
+      wait_port "$KINESALITE_PORT" ;;
+    *) echo "unknown emulator $1" >&2; return 2 ;;
+  esac
+}
+
+case "${1:-}" in
+  install) install ;;
+  start)
+    install
+    shift
+    for name in "${@:-kinesis-local kinesalite}"; do for n in $name; do start_one "$n"; done; done ;;
+  stop)
+    for f in "$run"/*.pid; do
+      [ -f "$f" ] || continue
+      kill "$(cat "$f")" 2>/dev/null || true
+      rm -f "$f"
+    done ;;
+  *) echo "usage: $0 install|start [kinesis-local|kinesalite]...|stop" >&2; exit 2 ;;
+esac

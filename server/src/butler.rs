@@ -1,0 +1,297 @@
+//! The core of a server instance: sessions, groups and checkpoints. The gRPC layer
+//! translates requests into calls here.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use kinesis_butler_proto as pb;
+use pb::get_records_response::Event;
+use pb::start_position::Kind;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::error::ButlerError;
+use crate::group::{now_ms, Group, GroupSettings};
+use crate::kinesis::{IteratorStart, Kinesis};
+use crate::seqnum::SequenceNumber;
+use crate::session::Session;
+use crate::store::{Checkpoint, GroupKey, LeaseStore, SessionRecord};
+
+/// Limits and defaults of an instance.
+#[derive(Clone, Debug)]
+pub struct ButlerSettings {
+    /// Group worker timings.
+    pub group: GroupSettings,
+    /// Default records per batch.
+    pub batch_size: u32,
+    /// Batches buffered per session.
+    pub session_buffer: usize,
+}
+
+/// A server instance's core.
+pub struct Butler {
+    instance_id: String,
+    store: Arc<dyn LeaseStore>,
+    kinesis: Kinesis,
+    settings: ButlerSettings,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    groups: Mutex<HashMap<GroupKey, Arc<Group>>>,
+    shutdown: CancellationToken,
+}
+
+/// The event stream of a new session.
+pub type SessionEvents = mpsc::Receiver<Result<pb::GetRecordsResponse, tonic::Status>>;
+
+fn require_name(what: &str, value: &str) -> Result<(), ButlerError> {
+    if value.trim().is_empty() {
+        return Err(ButlerError::InvalidArgument(format!("{what} must not be empty")));
+    }
+    if value.len() > 256 {
+        return Err(ButlerError::InvalidArgument(format!("{what} is longer than 256 characters")));
+    }
+    Ok(())
+}
+
+fn require_streams(streams: &[String]) -> Result<(), ButlerError> {
+    if streams.is_empty() {
+        return Err(ButlerError::InvalidArgument("streams must name at least one stream".into()));
+    }
+    let mut seen = HashSet::new();
+    for s in streams {
+        require_name("stream name", s)?;
+        if !seen.insert(s) {
+            return Err(ButlerError::InvalidArgument(format!("stream {s:?} is named twice")));
+        }
+    }
+    Ok(())
+}
+
+impl Butler {
+    /// A new instance core with a random instance id.
+    pub fn new(store: Arc<dyn LeaseStore>, kinesis: Kinesis, settings: ButlerSettings) -> Arc<Self> {
+        Arc::new(Self {
+            instance_id: uuid::Uuid::new_v4().to_string(),
+            store,
+            kinesis,
+            settings,
+            sessions: Mutex::default(),
+            groups: Mutex::default(),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// This instance's id.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// The lease store.
+    pub fn store(&self) -> &Arc<dyn LeaseStore> {
+        &self.store
+    }
+
+    /// Lists each stream's shards and creates or updates their leases.
+    pub async fn initialize(&self, app: &str, streams: &[String]) -> Result<Vec<pb::StreamStatus>, ButlerError> {
+        require_name("app", app)?;
+        require_streams(streams)?;
+        let mut out = Vec::with_capacity(streams.len());
+        for stream in streams {
+            let shards = self.kinesis.list_shards(stream).await.map_err(|e| match ButlerError::from(e) {
+                ButlerError::NotFound(_) => ButlerError::NotFound(format!("stream {stream:?} does not exist")),
+                other => other,
+            })?;
+            self.store.sync_shards(&GroupKey::new(app, stream), &shards).await?;
+            let closed = shards.iter().filter(|s| s.closed).count() as u32;
+            out.push(pb::StreamStatus {
+                stream: stream.clone(),
+                open_shards: shards.len() as u32 - closed,
+                closed_shards: closed,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Opens a session: validates the request, initializes its streams, registers it
+    /// with each stream's group and returns its event stream.
+    pub async fn open_session(self: &Arc<Self>, req: pb::GetRecordsRequest) -> Result<SessionEvents, ButlerError> {
+        require_name("app", &req.app)?;
+        require_streams(&req.streams)?;
+        if req.max_records_per_batch > 10_000 {
+            return Err(ButlerError::InvalidArgument("max_records_per_batch must be at most 10000".into()));
+        }
+        let start = match req.start {
+            None => IteratorStart::TrimHorizon,
+            Some(p) => match Kind::try_from(p.kind) {
+                Ok(Kind::TrimHorizon) => IteratorStart::TrimHorizon,
+                Ok(Kind::Latest) => IteratorStart::Latest,
+                Ok(Kind::AtTimestamp) if p.timestamp_ms > 0 => IteratorStart::AtTimestamp(p.timestamp_ms),
+                Ok(Kind::AtTimestamp) => {
+                    return Err(ButlerError::InvalidArgument("AT_TIMESTAMP needs a positive timestamp_ms".into()))
+                }
+                Err(_) => return Err(ButlerError::InvalidArgument(format!("unknown start position kind {}", p.kind))),
+            },
+        };
+        self.initialize(&req.app, &req.streams).await?;
+
+        let (tx, rx) = mpsc::channel(self.settings.session_buffer.max(2));
+        let session = Arc::new(Session {
+            id: uuid::Uuid::new_v4().to_string(),
+            app: req.app.clone(),
+            streams: req.streams.clone(),
+            client_name: req.client_name.clone(),
+            start,
+            batch_size: match req.max_records_per_batch {
+                0 => self.settings.batch_size,
+                n => n,
+            },
+            out: tx,
+        });
+        let started = Event::SessionStarted(pb::SessionStarted { session_id: session.id.clone() });
+        session
+            .out
+            .send(Ok(pb::GetRecordsResponse { event: Some(started) }))
+            .await
+            .map_err(|_| ButlerError::Internal("session closed before it started".into()))?;
+
+        let record = SessionRecord {
+            session_id: session.id.clone(),
+            instance_id: self.instance_id.clone(),
+            client_name: session.client_name.clone(),
+            expires_at_ms: now_ms() + self.settings.group.lease_ttl.as_millis() as i64,
+        };
+        for stream in &session.streams {
+            self.store.put_session(&GroupKey::new(&session.app, stream), &record).await?;
+        }
+        self.sessions.lock().expect("sessions").insert(session.id.clone(), session.clone());
+        for stream in &session.streams {
+            self.group(GroupKey::new(&session.app, stream)).add_session(session.clone()).await;
+        }
+        info!(app = %session.app, streams = ?session.streams, session = %session.id,
+            client = %session.client_name, "session opened");
+
+        // The session ends when the client goes away.
+        let this = self.clone();
+        let watched = session.clone();
+        tokio::spawn(async move {
+            watched.out.closed().await;
+            this.close_session(&watched.id).await;
+        });
+        Ok(rx)
+    }
+
+    /// The group of `key`, started if needed.
+    fn group(self: &Arc<Self>, key: GroupKey) -> Arc<Group> {
+        let mut groups = self.groups.lock().expect("groups");
+        if let Some(g) = groups.get(&key) {
+            return g.clone();
+        }
+        let group = Arc::new(Group::new(key.clone(), self.store.clone(), self.kinesis.clone(), self.settings.group.clone()));
+        groups.insert(key.clone(), group.clone());
+        let (this, worker) = (self.clone(), group.clone());
+        tokio::spawn(async move {
+            worker.clone().run(this.shutdown.clone()).await;
+            let mut groups = this.groups.lock().expect("groups");
+            if groups.get(&key).is_some_and(|g| Arc::ptr_eq(g, &worker)) {
+                groups.remove(&key);
+            }
+        });
+        group
+    }
+
+    /// Ends a session: stops its readers and frees its leases at once.
+    pub async fn close_session(&self, session_id: &str) {
+        let Some(session) = self.sessions.lock().expect("sessions").remove(session_id) else {
+            return;
+        };
+        for stream in &session.streams {
+            let group = self.groups.lock().expect("groups").get(&GroupKey::new(&session.app, stream)).cloned();
+            if let Some(group) = group {
+                group.remove_session(session_id).await;
+            }
+        }
+        info!(app = %session.app, session = session_id, "session closed");
+    }
+
+    /// Stores a checkpoint for a shard the session holds, and releases the shard when
+    /// asked to or at its end.
+    pub async fn checkpoint(&self, req: pb::CheckpointRequest) -> Result<(), ButlerError> {
+        require_name("session_id", &req.session_id)?;
+        require_name("stream", &req.stream)?;
+        require_name("shard_id", &req.shard_id)?;
+        let session = self
+            .sessions
+            .lock()
+            .expect("sessions")
+            .get(&req.session_id)
+            .cloned()
+            .ok_or_else(|| ButlerError::NotFound(format!("unknown session {:?} (closed, or opened on another server instance)", req.session_id)))?;
+        if !session.streams.contains(&req.stream) {
+            return Err(ButlerError::NotFound(format!("session {} does not read stream {:?}", session.id, req.stream)));
+        }
+        let checkpoint = if req.shard_end {
+            Some(Checkpoint::ShardEnd)
+        } else if req.sequence_number.is_empty() {
+            if !req.release {
+                return Err(ButlerError::InvalidArgument("sequence_number is required unless shard_end or release is set".into()));
+            }
+            None
+        } else {
+            let sequence = SequenceNumber::parse(&req.sequence_number)
+                .map_err(|e| ButlerError::InvalidArgument(e.to_string()))?;
+            Some(Checkpoint::At { sequence, sub_sequence: req.sub_sequence_number })
+        };
+        let key = GroupKey::new(&session.app, &req.stream);
+        if let Some(cp) = &checkpoint {
+            self.store.checkpoint(&key, &req.shard_id, &session.id, req.lease_epoch, cp).await?;
+        }
+        if req.release || req.shard_end {
+            let group = self.groups.lock().expect("groups").get(&key).cloned();
+            if let Some(group) = group {
+                group.release(&session.id, &req.shard_id, req.lease_epoch).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every lease and live session of one app and stream.
+    pub async fn describe(&self, app: &str, stream: &str) -> Result<pb::DescribeLeasesResponse, ButlerError> {
+        require_name("app", app)?;
+        require_name("stream", stream)?;
+        let key = GroupKey::new(app, stream);
+        let now = now_ms();
+        let leases = self.store.list_leases(&key).await?;
+        let sessions = self.store.list_sessions(&key, now).await?;
+        let held = |id: &str| leases.iter().filter(|l| l.is_held(now) && l.owner.as_deref() == Some(id)).count() as u32;
+        Ok(pb::DescribeLeasesResponse {
+            sessions: sessions
+                .iter()
+                .map(|s| pb::SessionInfo {
+                    session_id: s.session_id.clone(),
+                    instance_id: s.instance_id.clone(),
+                    client_name: s.client_name.clone(),
+                    shard_count: held(&s.session_id),
+                })
+                .collect(),
+            leases: leases
+                .into_iter()
+                .map(|l| pb::LeaseInfo {
+                    owner: l.owner.clone().filter(|_| l.is_held(now)).unwrap_or_default(),
+                    expires_at_ms: if l.owner.is_some() { l.expires_at_ms } else { 0 },
+                    checkpoint: l.checkpoint.as_text().to_owned(),
+                    sub_sequence_number: l.checkpoint.sub_sequence(),
+                    shard_id: l.shard_id,
+                    epoch: l.epoch,
+                    parent_shard_ids: l.parent_shard_ids,
+                    closed: l.closed,
+                    handoff_to: l.handoff_to.unwrap_or_default(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Stops every group worker.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+}

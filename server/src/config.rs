@@ -1,0 +1,95 @@
+//! Server configuration: command-line flags, each with an environment variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// Options of `kinesis-butler serve` (also the default command).
+#[derive(Args, Clone, Debug)]
+pub struct ServeConfig {
+    /// gRPC listen address.
+    #[arg(long, env = "KINESIS_BUTLER_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+
+    /// Lease store URL: sqlite://PATH (embedded), redis://HOST[:PORT][/DB], rediss://…,
+    /// postgres://USER@HOST/DB.
+    #[arg(long, env = "KINESIS_BUTLER_STORE", default_value = "sqlite://butler.db")]
+    pub store: String,
+
+    /// How long a lease stays valid without renewal; a crashed instance's shards are
+    /// taken over after this.
+    #[arg(long, env = "KINESIS_BUTLER_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+
+    /// How often each app and stream is rebalanced and its leases renewed.
+    #[arg(long, env = "KINESIS_BUTLER_BALANCE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub balance_interval: Duration,
+
+    /// Pause between GetRecords calls on a shard that is caught up.
+    #[arg(long, env = "KINESIS_BUTLER_IDLE_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    pub idle_interval: Duration,
+
+    /// Records per batch when the client does not ask for fewer (Kinesis allows 10000).
+    #[arg(long, env = "KINESIS_BUTLER_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub batch_size: u32,
+
+    /// How long a revoked shard waits for the client's final checkpoint and release
+    /// before it is handed over anyway.
+    #[arg(long, env = "KINESIS_BUTLER_HANDOFF_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub handoff_grace: Duration,
+
+    /// How often shards of each stream are listed again to find new ones.
+    #[arg(long, env = "KINESIS_BUTLER_SHARD_SYNC_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub shard_sync_interval: Duration,
+
+    /// Batches buffered per session before readers wait for the client (backpressure).
+    #[arg(long, env = "KINESIS_BUTLER_SESSION_BUFFER", default_value_t = 16)]
+    pub session_buffer: usize,
+
+    /// Log format.
+    #[arg(long, env = "KINESIS_BUTLER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Log output format.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Parses `250ms`, `10s`, `2m` or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (num, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let value: f64 = num.parse().map_err(|_| format!("invalid duration {text:?}: use e.g. 500ms, 10s, 2m"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("invalid duration unit in {text:?}: use ms, s or m")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("10h").is_err());
+        assert!(parse_duration("abc").is_err());
+    }
+}

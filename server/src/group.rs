@@ -1,0 +1,320 @@
+//! One worker per app and stream with local sessions: each round it renews this
+//! instance's sessions and leases in batches, runs the balancer, and starts, revokes and
+//! stops shard readers so they match the leases the store says its sessions hold.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kinesis_butler_proto as pb;
+use pb::get_records_response::Event;
+use pb::shard_revoked::Reason;
+use tokio::sync::{Mutex, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::balancer;
+use crate::error::ButlerError;
+use crate::kinesis::{IteratorStart, Kinesis};
+use crate::reader::{self, ReaderSpec};
+use crate::session::Session;
+use crate::store::{Checkpoint, GroupKey, HeldLease, Lease, LeaseStore};
+
+/// Wall-clock milliseconds since the Unix epoch (lease expiries are shared across
+/// instances, so they use the wall clock).
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Timing knobs of a group worker.
+#[derive(Clone, Debug)]
+pub struct GroupSettings {
+    /// Lease and session time to live.
+    pub lease_ttl: Duration,
+    /// Round interval.
+    pub balance_interval: Duration,
+    /// Grace for a revoked shard's release.
+    pub handoff_grace: Duration,
+    /// Shard listing interval.
+    pub shard_sync_interval: Duration,
+    /// Reader pause when caught up.
+    pub idle_interval: Duration,
+}
+
+struct RunningReader {
+    session: Arc<Session>,
+    epoch: u64,
+    cancel: CancellationToken,
+    revoked_at: Option<Instant>,
+}
+
+#[derive(Default)]
+struct GroupState {
+    sessions: HashMap<String, Arc<Session>>,
+    readers: HashMap<String, RunningReader>,
+    last_shard_sync: Option<Instant>,
+}
+
+/// The shared state of one app and stream on this instance.
+pub struct Group {
+    key: GroupKey,
+    store: Arc<dyn LeaseStore>,
+    kinesis: Kinesis,
+    settings: GroupSettings,
+    state: Mutex<GroupState>,
+    wake: Notify,
+}
+
+impl Group {
+    /// A group with no sessions yet; `run` drives it.
+    pub fn new(key: GroupKey, store: Arc<dyn LeaseStore>, kinesis: Kinesis, settings: GroupSettings) -> Self {
+        Self { key, store, kinesis, settings, state: Mutex::new(GroupState::default()), wake: Notify::new() }
+    }
+
+    /// The app and stream.
+    pub fn key(&self) -> &GroupKey {
+        &self.key
+    }
+
+    /// Adds a local session and asks for a round at once.
+    pub async fn add_session(&self, session: Arc<Session>) {
+        self.state.lock().await.sessions.insert(session.id.clone(), session);
+        self.wake.notify_one();
+    }
+
+    /// Removes a local session: stops its readers and frees its leases in the store at
+    /// once. Returns whether the group has no local session left.
+    pub async fn remove_session(&self, session_id: &str) -> bool {
+        let mut state = self.state.lock().await;
+        state.sessions.remove(session_id);
+        state.readers.retain(|_, r| {
+            let keep = r.session.id != session_id;
+            if !keep {
+                r.cancel.cancel();
+            }
+            keep
+        });
+        if let Err(e) = self.store.drop_session(&self.key, session_id).await {
+            warn!(app = %self.key.app, stream = %self.key.stream, session = session_id, error = %e,
+                "could not free the session's leases; they expire after the lease TTL");
+        }
+        self.wake.notify_one();
+        state.sessions.is_empty()
+    }
+
+    /// Whether no local session is left.
+    pub async fn is_empty(&self) -> bool {
+        self.state.lock().await.sessions.is_empty()
+    }
+
+    /// Gives up a shard after the client's final checkpoint (answer to a revoke, or
+    /// after `shard_end`).
+    pub async fn release(&self, session_id: &str, shard_id: &str, epoch: u64) -> Result<(), ButlerError> {
+        let mut state = self.state.lock().await;
+        if let Some(r) = state.readers.get(shard_id) {
+            if r.session.id == session_id && r.epoch == epoch {
+                r.cancel.cancel();
+                state.readers.remove(shard_id);
+            }
+        }
+        let expires = now_ms() + self.settings.lease_ttl.as_millis() as i64;
+        let released = self.store.release(&self.key, shard_id, session_id, epoch, expires).await?;
+        drop(state);
+        match released {
+            Some(lease) => {
+                info!(app = %self.key.app, stream = %self.key.stream, shard = shard_id, from = session_id,
+                    to = lease.owner.as_deref().unwrap_or(""), epoch = lease.epoch, "lease released");
+                self.wake.notify_one();
+                Ok(())
+            }
+            None => Err(ButlerError::FailedPrecondition(format!(
+                "session {session_id} does not hold shard {shard_id} at epoch {epoch}"
+            ))),
+        }
+    }
+
+    /// Runs rounds until the group has no local session or `shutdown` fires.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            if self.is_empty().await {
+                return;
+            }
+            if let Err(e) = self.round().await {
+                warn!(app = %self.key.app, stream = %self.key.stream, error = %e, "balancing round failed");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.settings.balance_interval) => {}
+            }
+        }
+    }
+
+    async fn round(&self) -> Result<(), ButlerError> {
+        let mut state = self.state.lock().await;
+        let (key, store) = (&self.key, &self.store);
+        let now = now_ms();
+        let expires = now + self.settings.lease_ttl.as_millis() as i64;
+
+        let local: Vec<String> = state.sessions.keys().cloned().collect();
+        store.renew_sessions(key, &local, expires).await?;
+        let held: Vec<HeldLease> = state
+            .readers
+            .iter()
+            .map(|(shard, r)| HeldLease { shard_id: shard.clone(), owner: r.session.id.clone(), epoch: r.epoch })
+            .collect();
+        for shard in store.renew(key, &held, expires).await? {
+            if let Some(r) = state.readers.remove(&shard) {
+                warn!(app = %key.app, stream = %key.stream, shard = %shard, session = %r.session.id, "lease lost");
+                stop(r, &key.stream, &shard, Reason::LeaseLost);
+            }
+        }
+
+        let sync_due = state.last_shard_sync.is_none_or(|t| t.elapsed() >= self.settings.shard_sync_interval);
+        if sync_due {
+            match self.kinesis.list_shards(&key.stream).await {
+                Ok(shards) => {
+                    store.sync_shards(key, &shards).await?;
+                    state.last_shard_sync = Some(Instant::now());
+                }
+                Err(e) => warn!(app = %key.app, stream = %key.stream, error = %e, "listing shards failed"),
+            }
+        }
+
+        let mut leases = store.list_leases(key).await?;
+        let sessions = store.list_sessions(key, now).await?;
+        let plan = balancer::plan(&leases, &sessions, &local, now);
+        let changed = !plan.acquire.is_empty() || !plan.handoff.is_empty();
+        for (shard, epoch, session) in &plan.acquire {
+            if store.acquire(key, shard, *epoch, session, now, expires).await?.is_some() {
+                info!(app = %key.app, stream = %key.stream, shard = %shard, to = %session, "lease acquired");
+            }
+        }
+        for (shard, epoch, session) in &plan.handoff {
+            if store.request_handoff(key, shard, *epoch, session).await? {
+                info!(app = %key.app, stream = %key.stream, shard = %shard, to = %session, "handoff requested");
+            }
+        }
+        if changed {
+            leases = store.list_leases(key).await?;
+        }
+        let live: Vec<&str> = sessions.iter().map(|s| s.session_id.as_str()).collect();
+        self.reconcile(&mut state, &leases, &live, now, expires).await
+    }
+
+    /// Makes the running readers match the leases held by local sessions.
+    async fn reconcile(
+        &self,
+        state: &mut GroupState,
+        leases: &[Lease],
+        live: &[&str],
+        now: i64,
+        expires: i64,
+    ) -> Result<(), ButlerError> {
+        let key = &self.key;
+        let mut keep = Vec::new();
+        for lease in leases {
+            let owner = lease.owner.as_deref().filter(|_| lease.is_held(now));
+            let Some(session) = owner.and_then(|o| state.sessions.get(o)).cloned() else {
+                continue;
+            };
+            let shard = lease.shard_id.as_str();
+            if lease.is_finished() {
+                // Processed to its end: nothing left to read, free the lease.
+                if let Some(r) = state.readers.remove(shard) {
+                    r.cancel.cancel();
+                }
+                self.store.release(key, shard, &session.id, lease.epoch, expires).await?;
+                continue;
+            }
+            keep.push(shard.to_owned());
+            let running = state.readers.get_mut(shard).filter(|r| r.session.id == session.id && r.epoch == lease.epoch);
+            match running {
+                Some(r) => {
+                    let handoff_live = lease.handoff_to.as_deref().is_some_and(|t| live.contains(&t));
+                    match r.revoked_at {
+                        None if handoff_live => {
+                            r.revoked_at = Some(Instant::now());
+                            r.cancel.cancel();
+                            info!(app = %key.app, stream = %key.stream, shard, from = %session.id,
+                                to = lease.handoff_to.as_deref().unwrap_or(""), "revoking shard for rebalance");
+                            send_revoked(&r.session, &key.stream, shard, r.epoch, Reason::Rebalance);
+                        }
+                        Some(at) if at.elapsed() >= self.settings.handoff_grace => {
+                            warn!(app = %key.app, stream = %key.stream, shard, session = %session.id,
+                                "no release within the handoff grace; handing the shard over");
+                            state.readers.remove(shard);
+                            self.store.release(key, shard, &session.id, lease.epoch, expires).await?;
+                            self.wake.notify_one();
+                        }
+                        _ => {}
+                    }
+                }
+                None => {
+                    if let Some(old) = state.readers.remove(shard) {
+                        stop(old, &key.stream, shard, Reason::LeaseLost);
+                    }
+                    let reader = self.start_reader(&session, lease);
+                    state.readers.insert(shard.to_owned(), reader);
+                }
+            }
+        }
+        let gone: Vec<String> = state.readers.keys().filter(|s| !keep.contains(s)).cloned().collect();
+        for shard in gone {
+            if let Some(r) = state.readers.remove(&shard) {
+                stop(r, &key.stream, &shard, Reason::LeaseLost);
+            }
+        }
+        Ok(())
+    }
+
+    fn start_reader(&self, session: &Arc<Session>, lease: &Lease) -> RunningReader {
+        let start = match &lease.checkpoint {
+            Checkpoint::At { sequence, .. } => IteratorStart::AfterSequence(sequence.to_string()),
+            // Children of a reshard start at their beginning so nothing between the
+            // parent's end and the child's first read is skipped.
+            _ if !lease.parent_shard_ids.is_empty() => IteratorStart::TrimHorizon,
+            _ => session.start.clone(),
+        };
+        let spec = ReaderSpec {
+            stream: self.key.stream.clone(),
+            shard_id: lease.shard_id.clone(),
+            epoch: lease.epoch,
+            start,
+            batch_size: session.batch_size,
+            idle_interval: self.settings.idle_interval,
+            assigned: pb::ShardAssigned {
+                stream: self.key.stream.clone(),
+                shard_id: lease.shard_id.clone(),
+                lease_epoch: lease.epoch,
+                checkpoint: lease.checkpoint.as_text().to_owned(),
+            },
+        };
+        let cancel = CancellationToken::new();
+        tokio::spawn(reader::run(self.kinesis.clone(), spec, session.out.clone(), cancel.clone()));
+        RunningReader { session: session.clone(), epoch: lease.epoch, cancel, revoked_at: None }
+    }
+}
+
+fn stop(reader: RunningReader, stream: &str, shard: &str, reason: Reason) {
+    reader.cancel.cancel();
+    if reader.revoked_at.is_none() || reason == Reason::LeaseLost {
+        send_revoked(&reader.session, stream, shard, reader.epoch, reason);
+    }
+}
+
+/// Queues a revoke behind the batches already in the session's outbox without blocking
+/// the round on a slow client.
+fn send_revoked(session: &Arc<Session>, stream: &str, shard: &str, epoch: u64, reason: Reason) {
+    let event = Event::ShardRevoked(pb::ShardRevoked {
+        stream: stream.to_owned(),
+        shard_id: shard.to_owned(),
+        lease_epoch: epoch,
+        reason: reason as i32,
+    });
+    let out = session.out.clone();
+    tokio::spawn(async move {
+        let _ = out.send(Ok(pb::GetRecordsResponse { event: Some(event) })).await;
+    });
+}

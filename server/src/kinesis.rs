@@ -1,0 +1,194 @@
+//! The Kinesis side: listing shards, shard iterators and GetRecords through
+//! aws-sdk-kinesis, with every failure sorted into what the reader should do about it.
+
+use std::time::Duration;
+
+use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_kinesis::primitives::DateTime;
+use aws_sdk_kinesis::types::ShardIteratorType;
+use aws_sdk_kinesis::Client;
+
+use crate::store::ShardInfo;
+
+/// Kinesis failures, sorted by what the caller does next.
+#[derive(Debug, thiserror::Error)]
+pub enum KinesisError {
+    /// The stream or shard does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Throttled (`ProvisionedThroughputExceededException`, `LimitExceededException`):
+    /// back off and retry.
+    #[error("throttled: {0}")]
+    Throttled(String),
+    /// The shard iterator expired: get a fresh one.
+    #[error("shard iterator expired")]
+    ExpiredIterator,
+    /// Network errors, timeouts and 5xx: back off and retry.
+    #[error("transient Kinesis error: {0}")]
+    Transient(String),
+    /// The request was rejected; retrying will not help.
+    #[error("Kinesis rejected the request: {0}")]
+    Rejected(String),
+}
+
+impl KinesisError {
+    fn from_sdk<E, R>(err: SdkError<E, R>) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug,
+    {
+        let text = match err.message() {
+            Some(m) => format!("{}: {m}", err.code().unwrap_or("error")),
+            None => aws_sdk_kinesis::error::DisplayErrorContext(&err).to_string(),
+        };
+        match &err {
+            SdkError::ServiceError(_) => match err.code() {
+                Some("ResourceNotFoundException") => KinesisError::NotFound(text),
+                Some("ProvisionedThroughputExceededException")
+                | Some("LimitExceededException")
+                | Some("KMSThrottlingException")
+                | Some("ThrottlingException") => KinesisError::Throttled(text),
+                Some("ExpiredIteratorException") => KinesisError::ExpiredIterator,
+                Some("InvalidArgumentException")
+                | Some("AccessDeniedException")
+                | Some("ValidationException") => KinesisError::Rejected(text),
+                _ => KinesisError::Transient(text),
+            },
+            _ => KinesisError::Transient(text),
+        }
+    }
+
+    /// Whether retrying the same call later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, KinesisError::Throttled(_) | KinesisError::Transient(_))
+    }
+}
+
+/// Where a new shard iterator starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IteratorStart {
+    /// Right after this sequence number (resuming from a checkpoint).
+    AfterSequence(String),
+    /// At this sequence number (re-reading an aggregate from its middle).
+    AtSequence(String),
+    /// The oldest record.
+    TrimHorizon,
+    /// Only new records.
+    Latest,
+    /// First record at or after this time (ms since the Unix epoch).
+    AtTimestamp(i64),
+}
+
+/// One GetRecords page.
+#[derive(Debug)]
+pub struct Page {
+    /// Records, in sequence order.
+    pub records: Vec<aws_sdk_kinesis::types::Record>,
+    /// The iterator for the next call; `None` at the end of a closed shard.
+    pub next_iterator: Option<String>,
+    /// How far behind the tip this page is.
+    pub millis_behind_latest: i64,
+}
+
+/// A Kinesis client configured from the standard AWS chain.
+#[derive(Clone, Debug)]
+pub struct Kinesis {
+    client: Client,
+}
+
+impl Kinesis {
+    /// Builds a client from the environment (`AWS_REGION`, `AWS_ENDPOINT_URL_KINESIS`,
+    /// `AWS_ENDPOINT_URL`, credentials chain), with bounded call timeouts.
+    pub async fn from_env() -> Self {
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .operation_attempt_timeout(Duration::from_secs(20))
+            .build();
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .timeout_config(timeouts)
+            .load()
+            .await;
+        Self { client: Client::new(&config) }
+    }
+
+    /// Wraps an existing SDK client.
+    pub fn from_client(client: Client) -> Self {
+        Self { client }
+    }
+
+    /// Every shard of the stream, following ListShards pages.
+    pub async fn list_shards(&self, stream: &str) -> Result<Vec<ShardInfo>, KinesisError> {
+        let mut shards = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            // With a NextToken the stream name must not be sent.
+            let request = match &next {
+                Some(token) => self.client.list_shards().next_token(token),
+                None => self.client.list_shards().stream_name(stream),
+            };
+            let out = request.send().await.map_err(KinesisError::from_sdk)?;
+            for s in out.shards() {
+                let parent_shard_ids = [s.parent_shard_id(), s.adjacent_parent_shard_id()]
+                    .into_iter()
+                    .flatten()
+                    .map(str::to_owned)
+                    .collect();
+                // Closed is told by the presence of an ending sequence number, never by
+                // its value (kinesis-mock reports i64::MAX).
+                let closed =
+                    s.sequence_number_range().and_then(|r| r.ending_sequence_number()).is_some();
+                shards.push(ShardInfo { shard_id: s.shard_id().to_owned(), parent_shard_ids, closed });
+            }
+            match out.next_token() {
+                Some(t) if !t.is_empty() => next = Some(t.to_owned()),
+                _ => break,
+            }
+        }
+        shards.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
+        shards.dedup_by(|a, b| a.shard_id == b.shard_id);
+        Ok(shards)
+    }
+
+    /// A shard iterator at `start`.
+    pub async fn shard_iterator(
+        &self,
+        stream: &str,
+        shard_id: &str,
+        start: &IteratorStart,
+    ) -> Result<String, KinesisError> {
+        let req = self.client.get_shard_iterator().stream_name(stream).shard_id(shard_id);
+        let req = match start {
+            IteratorStart::AfterSequence(seq) => req
+                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                .starting_sequence_number(seq),
+            IteratorStart::AtSequence(seq) => req
+                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
+                .starting_sequence_number(seq),
+            IteratorStart::TrimHorizon => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
+            IteratorStart::Latest => req.shard_iterator_type(ShardIteratorType::Latest),
+            IteratorStart::AtTimestamp(ms) => req
+                .shard_iterator_type(ShardIteratorType::AtTimestamp)
+                .timestamp(DateTime::from_millis(*ms)),
+        };
+        let out = req.send().await.map_err(KinesisError::from_sdk)?;
+        out.shard_iterator
+            .ok_or_else(|| KinesisError::Transient("GetShardIterator returned no iterator".into()))
+    }
+
+    /// One GetRecords call.
+    pub async fn get_records(&self, iterator: &str, limit: u32) -> Result<Page, KinesisError> {
+        let out = self
+            .client
+            .get_records()
+            .shard_iterator(iterator)
+            .limit(limit as i32)
+            .send()
+            .await
+            .map_err(KinesisError::from_sdk)?;
+        Ok(Page {
+            millis_behind_latest: out.millis_behind_latest().unwrap_or(0),
+            next_iterator: out.next_shard_iterator.clone(),
+            records: out.records,
+        })
+    }
+}

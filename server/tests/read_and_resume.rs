@@ -1,0 +1,84 @@
+//! The foundation flow on each emulator: read every record once in order, checkpoint
+//! half of each shard, restart the server on the same embedded file, and resume
+//! exactly after the checkpoints.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use common::*;
+use kinesis_butler_proto as pb;
+
+async fn read_checkpoint_restart_resume(emulator: Emulator) -> Result<()> {
+    let kinesis = kinesis_client(emulator);
+    let stream = unique("resume");
+    create_stream(&kinesis, &stream, 4).await?;
+    let put = put_records(&kinesis, &stream, 0, 2000).await?;
+    assert_eq!(put.len(), 4, "records spread over all 4 shards");
+
+    let dir = tempfile::tempdir()?;
+    let store = format!("sqlite://{}", dir.path().join("butler.db").display());
+    let mut server = TestServer::start(&store, emulator, &[]).await?;
+    let mut client = server.client().await?;
+    let mut session = open_session(&mut client, "app", &stream).await?;
+    let got = session.collect(2000, 90).await?;
+
+    // Exactly once, in sequence order, per shard.
+    for (shard, puts) in &put {
+        let seqs: Vec<&str> = got[shard].iter().map(|r| r.sequence_number.as_str()).collect();
+        let want: Vec<&str> = puts.iter().map(|p| p.sequence_number.as_str()).collect();
+        assert_eq!(seqs, want, "shard {shard}: every record once, in order");
+        let data: Vec<&[u8]> = got[shard].iter().map(|r| r.data.as_slice()).collect();
+        assert_eq!(data, puts.iter().map(|p| p.data.as_slice()).collect::<Vec<_>>());
+    }
+
+    // Checkpoint half of each shard.
+    let mut expected_after: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (shard, puts) in &put {
+        let half = puts.len() / 2;
+        let req = pb::CheckpointRequest {
+            session_id: session.id.clone(),
+            stream: stream.clone(),
+            shard_id: shard.clone(),
+            lease_epoch: session.epochs[shard],
+            sequence_number: puts[half - 1].sequence_number.clone(),
+            ..Default::default()
+        };
+        within(10, "checkpoint", client.checkpoint(req)).await??;
+        expected_after.insert(shard.clone(), puts[half..].iter().map(|p| p.sequence_number.clone()).collect());
+    }
+
+    // Restart on the same file: a new session gets exactly the records after them.
+    drop(session);
+    server.kill();
+    let server = TestServer::start(&store, emulator, &[]).await?;
+    let mut client = server.client().await?;
+    let described = within(10, "describe", client.describe_leases(pb::DescribeLeasesRequest {
+        app: "app".into(),
+        stream: stream.clone(),
+    }))
+    .await??
+    .into_inner();
+    for lease in &described.leases {
+        let puts = &put[&lease.shard_id];
+        assert_eq!(lease.checkpoint, puts[puts.len() / 2 - 1].sequence_number, "checkpoint survived the restart");
+    }
+    let total: usize = expected_after.values().map(Vec::len).sum();
+    let mut session = open_session(&mut client, "app", &stream).await?;
+    let got = session.collect(total, 90).await?;
+    let got: BTreeMap<String, Vec<String>> =
+        got.into_iter().map(|(s, rs)| (s, rs.into_iter().map(|r| r.sequence_number).collect())).collect();
+    assert_eq!(got, expected_after, "resumed exactly after the checkpoints");
+    Ok(())
+}
+
+#[tokio::test]
+async fn kinesis_local_read_checkpoint_restart_resume() -> Result<()> {
+    read_checkpoint_restart_resume(Emulator::KinesisLocal).await
+}
+
+#[tokio::test]
+async fn kinesalite_read_checkpoint_restart_resume() -> Result<()> {
+    read_checkpoint_restart_resume(Emulator::Kinesalite).await
+}
