@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use kinesis_butler_proto as pb;
 use pb::get_records_response::Event;
 use pb::start_position::Kind;
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -14,6 +15,7 @@ use tracing::info;
 use crate::error::ButlerError;
 use crate::group::{now_ms, Group, GroupSettings};
 use crate::kinesis::{IteratorStart, Kinesis};
+use crate::metrics as m;
 use crate::seqnum::SequenceNumber;
 use crate::session::Session;
 use crate::store::{Checkpoint, GroupKey, LeaseStore, SessionRecord};
@@ -40,8 +42,11 @@ pub struct Butler {
     shutdown: CancellationToken,
 }
 
-/// The event stream of a new session.
-pub type SessionEvents = mpsc::Receiver<Result<pb::GetRecordsResponse, tonic::Status>>;
+/// The event stream of a new session; it ends when the server closes the session.
+pub type SessionEvents = futures::stream::TakeUntil<
+    tokio_stream::wrappers::ReceiverStream<Result<pb::GetRecordsResponse, tonic::Status>>,
+    tokio_util::sync::WaitForCancellationFutureOwned,
+>;
 
 fn require_name(what: &str, value: &str) -> Result<(), ButlerError> {
     if value.trim().is_empty() {
@@ -146,6 +151,7 @@ impl Butler {
                 n => n,
             },
             out: tx,
+            closed: CancellationToken::new(),
         });
         let started = Event::SessionStarted(pb::SessionStarted { session_id: session.id.clone() });
         session
@@ -177,7 +183,9 @@ impl Butler {
             watched.out.closed().await;
             this.close_session(&watched.id).await;
         });
-        Ok(rx)
+        metrics::gauge!(m::SESSIONS).increment(1.0);
+        let closed = session.closed.clone().cancelled_owned();
+        Ok(tokio_stream::wrappers::ReceiverStream::new(rx).take_until(closed))
     }
 
     /// The group of `key`, started if needed.
@@ -210,6 +218,8 @@ impl Butler {
                 group.remove_session(session_id).await;
             }
         }
+        session.closed.cancel();
+        metrics::gauge!(m::SESSIONS).decrement(1.0);
         info!(app = %session.app, session = session_id, "session closed");
     }
 
@@ -243,7 +253,15 @@ impl Butler {
         };
         let key = GroupKey::new(&session.app, &req.stream);
         if let Some(cp) = &checkpoint {
-            self.store.checkpoint(&key, &req.shard_id, &session.id, req.lease_epoch, cp).await?;
+            let started = std::time::Instant::now();
+            let stored = self.store.checkpoint(&key, &req.shard_id, &session.id, req.lease_epoch, cp).await;
+            metrics::histogram!(m::CHECKPOINT_SECONDS).record(started.elapsed().as_secs_f64());
+            if let Err(e) = stored {
+                let e = ButlerError::from(e);
+                metrics::counter!(m::CHECKPOINT_FAILURES, "code" => e.code_name()).increment(1);
+                return Err(e);
+            }
+            metrics::counter!(m::CHECKPOINTS).increment(1);
         }
         if req.release || req.shard_end {
             let group = self.groups.lock().expect("groups").get(&key).cloned();
@@ -290,8 +308,27 @@ impl Butler {
         })
     }
 
-    /// Stops every group worker.
-    pub fn shutdown(&self) {
+    /// Graceful shutdown: revokes every shard with `SHUTDOWN`, waits up to `grace` for
+    /// the clients' final checkpoints and releases, then closes every session (freeing
+    /// what is left, so other instances take it at once) and stops the group workers.
+    pub async fn drain(&self, grace: std::time::Duration) {
+        let groups: Vec<Arc<Group>> = self.groups.lock().expect("groups").values().cloned().collect();
+        for group in &groups {
+            group.revoke_all().await;
+        }
+        let released = futures::future::join_all(groups.iter().map(|g| g.wait_released()));
+        if tokio::time::timeout(grace, released).await.is_err() {
+            tracing::warn!(?grace, "not every shard was released within the shutdown grace; freeing the rest");
+        }
+        let ids: Vec<String> = self.sessions.lock().expect("sessions").keys().cloned().collect();
+        for id in ids {
+            self.close_session(&id).await;
+        }
         self.shutdown.cancel();
+    }
+
+    /// A token cancelled once the instance has shut down.
+    pub fn stopped(&self) -> CancellationToken {
+        self.shutdown.clone()
     }
 }

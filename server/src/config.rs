@@ -47,6 +47,15 @@ pub struct ServeConfig {
     #[arg(long, env = "KINESIS_BUTLER_SESSION_BUFFER", default_value_t = 16)]
     pub session_buffer: usize,
 
+    /// On SIGTERM/SIGINT, how long to wait for clients' final checkpoints before the
+    /// remaining leases are freed anyway.
+    #[arg(long, env = "KINESIS_BUTLER_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (off when unset).
+    #[arg(long, env = "KINESIS_BUTLER_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Log format.
     #[arg(long, env = "KINESIS_BUTLER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

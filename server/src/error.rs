@@ -23,6 +23,19 @@ pub enum ButlerError {
     Internal(String),
 }
 
+impl ButlerError {
+    /// The gRPC code name, for metrics labels.
+    pub fn code_name(&self) -> &'static str {
+        match self {
+            ButlerError::InvalidArgument(_) => "invalid_argument",
+            ButlerError::NotFound(_) => "not_found",
+            ButlerError::FailedPrecondition(_) => "failed_precondition",
+            ButlerError::Unavailable(_) => "unavailable",
+            ButlerError::Internal(_) => "internal",
+        }
+    }
+}
+
 impl From<StoreError> for ButlerError {
     fn from(e: StoreError) -> Self {
         let text = e.to_string();

@@ -3,6 +3,7 @@
 //! stops shard readers so they match the leases the store says its sessions hold.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,6 +18,7 @@ use tracing::{info, warn};
 use crate::balancer;
 use crate::error::ButlerError;
 use crate::kinesis::{IteratorStart, Kinesis};
+use crate::metrics as m;
 use crate::reader::{self, ReaderSpec};
 use crate::session::Session;
 use crate::store::{Checkpoint, GroupKey, HeldLease, Lease, LeaseStore};
@@ -64,12 +66,25 @@ pub struct Group {
     settings: GroupSettings,
     state: Mutex<GroupState>,
     wake: Notify,
+    /// Set on shutdown: no new leases, no new readers.
+    draining: AtomicBool,
+    /// Signalled whenever a reader goes away, for shutdown to wait on.
+    released: Notify,
 }
 
 impl Group {
     /// A group with no sessions yet; `run` drives it.
     pub fn new(key: GroupKey, store: Arc<dyn LeaseStore>, kinesis: Kinesis, settings: GroupSettings) -> Self {
-        Self { key, store, kinesis, settings, state: Mutex::new(GroupState::default()), wake: Notify::new() }
+        Self {
+            key,
+            store,
+            kinesis,
+            settings,
+            state: Mutex::new(GroupState::default()),
+            wake: Notify::new(),
+            draining: AtomicBool::new(false),
+            released: Notify::new(),
+        }
     }
 
     /// The app and stream.
@@ -99,6 +114,7 @@ impl Group {
             warn!(app = %self.key.app, stream = %self.key.stream, session = session_id, error = %e,
                 "could not free the session's leases; they expire after the lease TTL");
         }
+        self.released.notify_waiters();
         self.wake.notify_one();
         state.sessions.is_empty()
     }
@@ -115,7 +131,11 @@ impl Group {
         if let Some(r) = state.readers.get(shard_id) {
             if r.session.id == session_id && r.epoch == epoch {
                 r.cancel.cancel();
+                if let Some(at) = r.revoked_at {
+                    metrics::histogram!(m::HANDOFF_SECONDS).record(at.elapsed().as_secs_f64());
+                }
                 state.readers.remove(shard_id);
+                self.released.notify_waiters();
             }
         }
         let expires = now_ms() + self.settings.lease_ttl.as_millis() as i64;
@@ -134,6 +154,29 @@ impl Group {
         }
     }
 
+    /// Starts draining: revokes every running shard with `SHUTDOWN` and stops taking
+    /// new ones. Clients answer with their final checkpoint and a release.
+    pub async fn revoke_all(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        let mut state = self.state.lock().await;
+        for (shard, r) in state.readers.iter_mut().filter(|(_, r)| r.revoked_at.is_none()) {
+            r.revoked_at = Some(Instant::now());
+            r.cancel.cancel();
+            send_revoked(&r.session, &self.key.stream, shard, r.epoch, Reason::Shutdown);
+        }
+    }
+
+    /// Waits until every reader of this group was released.
+    pub async fn wait_released(&self) {
+        loop {
+            let notified = self.released.notified();
+            if self.state.lock().await.readers.is_empty() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Runs rounds until the group has no local session or `shutdown` fires.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
@@ -141,6 +184,7 @@ impl Group {
                 return;
             }
             if let Err(e) = self.round().await {
+                metrics::counter!(m::STORE_ERRORS, "op" => "round").increment(1);
                 warn!(app = %self.key.app, stream = %self.key.stream, error = %e, "balancing round failed");
             }
             tokio::select! {
@@ -184,7 +228,11 @@ impl Group {
 
         let mut leases = store.list_leases(key).await?;
         let sessions = store.list_sessions(key, now).await?;
-        let plan = balancer::plan(&leases, &sessions, &local, now);
+        let plan = if self.draining.load(Ordering::SeqCst) {
+            balancer::Plan::default()
+        } else {
+            balancer::plan(&leases, &sessions, &local, now)
+        };
         let changed = !plan.acquire.is_empty() || !plan.handoff.is_empty();
         for (shard, epoch, session) in &plan.acquire {
             if store.acquire(key, shard, *epoch, session, now, expires).await?.is_some() {
@@ -200,7 +248,10 @@ impl Group {
             leases = store.list_leases(key).await?;
         }
         let live: Vec<&str> = sessions.iter().map(|s| s.session_id.as_str()).collect();
-        self.reconcile(&mut state, &leases, &live, now, expires).await
+        self.reconcile(&mut state, &leases, &live, now, expires).await?;
+        metrics::gauge!(m::LEASES_HELD, "app" => key.app.clone(), "stream" => key.stream.clone())
+            .set(state.readers.len() as f64);
+        Ok(())
     }
 
     /// Makes the running readers match the leases held by local sessions.
@@ -235,6 +286,8 @@ impl Group {
                     let handoff_live = lease.handoff_to.as_deref().is_some_and(|t| live.contains(&t));
                     match r.revoked_at {
                         None if handoff_live => {
+                            metrics::counter!(m::REBALANCES, "app" => key.app.clone(), "stream" => key.stream.clone())
+                                .increment(1);
                             r.revoked_at = Some(Instant::now());
                             r.cancel.cancel();
                             info!(app = %key.app, stream = %key.stream, shard, from = %session.id,
@@ -246,6 +299,7 @@ impl Group {
                                 "no release within the handoff grace; handing the shard over");
                             state.readers.remove(shard);
                             self.store.release(key, shard, &session.id, lease.epoch, expires).await?;
+                            self.released.notify_waiters();
                             self.wake.notify_one();
                         }
                         _ => {}
@@ -254,6 +308,9 @@ impl Group {
                 None => {
                     if let Some(old) = state.readers.remove(shard) {
                         stop(old, &key.stream, shard, Reason::LeaseLost);
+                    }
+                    if self.draining.load(Ordering::SeqCst) {
+                        continue;
                     }
                     let reader = self.start_reader(&session, lease);
                     state.readers.insert(shard.to_owned(), reader);
@@ -265,6 +322,9 @@ impl Group {
             if let Some(r) = state.readers.remove(&shard) {
                 stop(r, &key.stream, &shard, Reason::LeaseLost);
             }
+        }
+        if state.readers.is_empty() {
+            self.released.notify_waiters();
         }
         Ok(())
     }
@@ -278,6 +338,7 @@ impl Group {
             _ => session.start.clone(),
         };
         let spec = ReaderSpec {
+            app: self.key.app.clone(),
             stream: self.key.stream.clone(),
             shard_id: lease.shard_id.clone(),
             epoch: lease.epoch,

@@ -58,6 +58,17 @@ impl KinesisError {
         }
     }
 
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            KinesisError::NotFound(_) => "not_found",
+            KinesisError::Throttled(_) => "throttled",
+            KinesisError::ExpiredIterator => "expired_iterator",
+            KinesisError::Transient(_) => "transient",
+            KinesisError::Rejected(_) => "rejected",
+        }
+    }
+
     /// Whether retrying the same call later may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, KinesisError::Throttled(_) | KinesisError::Transient(_))

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::kinesis::{IteratorStart, Kinesis, KinesisError};
+use crate::metrics as m;
 
 /// Kinesis allows 5 GetRecords calls per second per shard.
 const MIN_CALL_SPACING: Duration = Duration::from_millis(200);
@@ -23,6 +24,8 @@ pub type Outbox = mpsc::Sender<Result<pb::GetRecordsResponse, tonic::Status>>;
 
 /// Everything a shard reader needs.
 pub struct ReaderSpec {
+    /// App the shard is read for (a metrics label).
+    pub app: String,
     /// Stream name.
     pub stream: String,
     /// Shard id.
@@ -68,6 +71,9 @@ pub async fn run(kinesis: Kinesis, spec: ReaderSpec, out: Outbox, cancel: Cancel
     let mut last_sequence: Option<String> = None;
     let mut iterator: Option<String> = None;
     let mut next_call = Instant::now();
+    let labels = [("app", spec.app.clone()), ("stream", spec.stream.clone())];
+    let shard_labels = [("app", spec.app.clone()), ("stream", spec.stream.clone()), ("shard", spec.shard_id.clone())];
+    let behind_gauge = metrics::gauge!(m::MILLIS_BEHIND, &shard_labels);
 
     loop {
         if !sleep_until(&cancel, next_call).await {
@@ -91,7 +97,12 @@ pub async fn run(kinesis: Kinesis, spec: ReaderSpec, out: Outbox, cancel: Cancel
             }
         };
         let call_started = Instant::now();
-        let page = match kinesis.get_records(&iter, spec.batch_size).await {
+        metrics::counter!(m::GET_RECORDS_CALLS, &labels).increment(1);
+        let result = kinesis.get_records(&iter, spec.batch_size).await;
+        if let Err(e) = &result {
+            metrics::counter!(m::KINESIS_ERRORS, "kind" => e.kind()).increment(1);
+        }
+        let page = match result {
             Ok(page) => page,
             Err(KinesisError::ExpiredIterator) => {
                 debug!(stream, shard, "shard iterator expired, getting a fresh one");
@@ -106,7 +117,12 @@ pub async fn run(kinesis: Kinesis, spec: ReaderSpec, out: Outbox, cancel: Cancel
         };
         backoff.reset();
         let full = page.records.len() as u32 >= spec.batch_size;
+        behind_gauge.set(page.millis_behind_latest as f64);
         if let Some(last) = page.records.last() {
+            let bytes: usize = page.records.iter().map(|r| r.data.as_ref().len()).sum();
+            metrics::counter!(m::RECORDS, &labels).increment(page.records.len() as u64);
+            metrics::counter!(m::BYTES, &labels).increment(bytes as u64);
+            metrics::counter!(m::BATCHES, &labels).increment(1);
             last_sequence = Some(last.sequence_number.clone());
             let batch = pb::RecordBatch {
                 stream: spec.stream.clone(),

@@ -1,7 +1,9 @@
 //! Wiring a server instance together and serving it until a shutdown signal.
 
 use std::future::Future;
+use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::butler::{Butler, ButlerSettings};
@@ -10,11 +12,15 @@ use crate::group::GroupSettings;
 use crate::kinesis::Kinesis;
 use crate::redact::redact_url;
 use crate::service::ButlerService;
-use crate::store;
+use crate::{health, metrics, store};
 
 /// Opens the store, connects to Kinesis and serves gRPC on `config.listen` until
-/// `shutdown` completes.
+/// `shutdown` completes; then drains gracefully (see [`Butler::drain`]).
 pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    if let Some(addr) = config.metrics_listen {
+        metrics::install(addr)?;
+        info!(%addr, "serving Prometheus metrics at /metrics");
+    }
     let store = store::open(&config.store).await?;
     let kinesis = Kinesis::from_env().await;
     let settings = ButlerSettings {
@@ -28,17 +34,39 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
         batch_size: config.batch_size,
         session_buffer: config.session_buffer,
     };
-    let core = Butler::new(store, kinesis, settings);
+    let core = Butler::new(store.clone(), kinesis, settings);
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<kinesis_butler_proto::butler_server::ButlerServer<ButlerService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kinesis_butler_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let watcher_stop = CancellationToken::new();
+    tokio::spawn(health::watch_store(store, health_reporter, Duration::from_secs(1), watcher_stop.clone()));
+
+    // The listener keeps serving during the drain so clients can send final checkpoints.
+    let drained = CancellationToken::new();
+    let (drain_core, drain_done, grace) = (core.clone(), drained.clone(), config.shutdown_grace);
+    tokio::spawn(async move {
+        shutdown.await;
+        info!(?grace, "draining: revoking every shard for final checkpoints");
+        drain_core.drain(grace).await;
+        drain_done.cancel();
+    });
+
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     info!(listen = %listener.local_addr()?, store = %redact_url(&config.store), instance = core.instance_id(),
         "kinesis-butler serving");
     tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(health_service)
+        .add_service(reflection)
         .add_service(ButlerService::new(core.clone()).into_server())
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), drained.cancelled_owned())
         .await?;
-    core.shutdown();
+    watcher_stop.cancel();
     info!("kinesis-butler stopped");
     Ok(())
 }

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use futures::Stream;
 use kinesis_butler_proto as pb;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::butler::Butler;
@@ -47,7 +46,7 @@ impl pb::butler_server::Butler for ButlerService {
         request: Request<pb::GetRecordsRequest>,
     ) -> Result<Response<Self::GetRecordsStream>, Status> {
         let events = self.core.open_session(request.into_inner()).await?;
-        Ok(Response::new(Box::pin(ReceiverStream::new(events))))
+        Ok(Response::new(Box::pin(events)))
     }
 
     async fn checkpoint(

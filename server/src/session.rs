@@ -1,5 +1,7 @@
 //! A session: one open `GetRecords` stream and what it asked for.
 
+use tokio_util::sync::CancellationToken;
+
 use crate::kinesis::IteratorStart;
 use crate::reader::Outbox;
 
@@ -20,4 +22,6 @@ pub struct Session {
     pub batch_size: u32,
     /// The session's bounded event queue.
     pub out: Outbox,
+    /// Cancelled when the server ends the session; ends its event stream.
+    pub closed: CancellationToken,
 }

@@ -1,0 +1,62 @@
+//! Metric names, their descriptions, and the Prometheus exporter.
+
+use std::net::SocketAddr;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+/// Records delivered to sessions.
+pub const RECORDS: &str = "kinesis_butler_records_delivered_total";
+/// Payload bytes delivered to sessions.
+pub const BYTES: &str = "kinesis_butler_bytes_delivered_total";
+/// Record batches delivered.
+pub const BATCHES: &str = "kinesis_butler_batches_delivered_total";
+/// GetRecords calls made.
+pub const GET_RECORDS_CALLS: &str = "kinesis_butler_get_records_calls_total";
+/// Kinesis call failures by kind.
+pub const KINESIS_ERRORS: &str = "kinesis_butler_kinesis_errors_total";
+/// How far each shard's reader is behind the tip.
+pub const MILLIS_BEHIND: &str = "kinesis_butler_millis_behind_latest";
+/// Leases held by this instance's sessions.
+pub const LEASES_HELD: &str = "kinesis_butler_leases_held";
+/// Live sessions on this instance.
+pub const SESSIONS: &str = "kinesis_butler_sessions";
+/// Shards revoked for rebalancing.
+pub const REBALANCES: &str = "kinesis_butler_rebalances_total";
+/// Time from a revoke to the release of the shard.
+pub const HANDOFF_SECONDS: &str = "kinesis_butler_handoff_duration_seconds";
+/// Checkpoints stored.
+pub const CHECKPOINTS: &str = "kinesis_butler_checkpoints_total";
+/// Checkpoints refused, by reason.
+pub const CHECKPOINT_FAILURES: &str = "kinesis_butler_checkpoint_failures_total";
+/// Checkpoint latency.
+pub const CHECKPOINT_SECONDS: &str = "kinesis_butler_checkpoint_duration_seconds";
+/// Store operation failures.
+pub const STORE_ERRORS: &str = "kinesis_butler_store_errors_total";
+/// 1 while the lease store answers, 0 while it does not.
+pub const STORE_UP: &str = "kinesis_butler_store_up";
+
+/// Installs the Prometheus exporter serving `/metrics` on `addr`.
+pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
+    PrometheusBuilder::new().with_http_listener(addr).install()?;
+    describe();
+    Ok(())
+}
+
+fn describe() {
+    describe_counter!(RECORDS, Unit::Count, "Records delivered to sessions");
+    describe_counter!(BYTES, Unit::Bytes, "Record payload bytes delivered to sessions");
+    describe_counter!(BATCHES, Unit::Count, "Record batches delivered to sessions");
+    describe_counter!(GET_RECORDS_CALLS, Unit::Count, "Kinesis GetRecords calls");
+    describe_counter!(KINESIS_ERRORS, Unit::Count, "Kinesis call failures by kind (throttled, expired_iterator, transient, not_found, rejected)");
+    describe_gauge!(MILLIS_BEHIND, Unit::Milliseconds, "How far each shard reader is behind the tip of its shard");
+    describe_gauge!(LEASES_HELD, Unit::Count, "Leases held by this instance's sessions, per app and stream");
+    describe_gauge!(SESSIONS, Unit::Count, "Live sessions on this instance");
+    describe_counter!(REBALANCES, Unit::Count, "Shards revoked to rebalance");
+    describe_histogram!(HANDOFF_SECONDS, Unit::Seconds, "Time from a rebalance revoke to the release of the shard");
+    describe_counter!(CHECKPOINTS, Unit::Count, "Checkpoints stored");
+    describe_counter!(CHECKPOINT_FAILURES, Unit::Count, "Checkpoints refused, by gRPC code");
+    describe_histogram!(CHECKPOINT_SECONDS, Unit::Seconds, "Checkpoint latency, store round trip included");
+    describe_counter!(STORE_ERRORS, Unit::Count, "Lease store operation failures");
+    describe_gauge!(STORE_UP, Unit::Count, "1 while the lease store answers, 0 while it does not");
+}
