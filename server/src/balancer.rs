@@ -23,7 +23,7 @@ pub struct Plan {
 
 /// Whether a lease may be read now: not finished, and every parent it names that is
 /// still tracked has been read to its end.
-pub fn readable_shards<'a>(leases: &'a [Lease]) -> Vec<&'a Lease> {
+pub fn readable_shards(leases: &[Lease]) -> Vec<&Lease> {
     let finished: BTreeMap<&str, bool> =
         leases.iter().map(|l| (l.shard_id.as_str(), l.is_finished())).collect();
     leases
@@ -76,8 +76,7 @@ pub fn plan(leases: &[Lease], sessions: &[SessionRecord], local: &[String], now_
     }
 
     // 2. Handoffs: the most loaded session gives to a local one with two fewer.
-    loop {
-        let Some(taker) = local.iter().min_by_key(|s| (held[s.as_str()].len(), s.as_str())) else { break };
+    while let Some(taker) = local.iter().min_by_key(|s| (held[s.as_str()].len(), s.as_str())) {
         let (donor, donor_count) = held
             .iter()
             .map(|(s, l)| (*s, l.iter().filter(|l| l.handoff_to.is_none()).count(), l.len()))

@@ -276,36 +276,7 @@ impl Butler {
     pub async fn describe(&self, app: &str, stream: &str) -> Result<pb::DescribeLeasesResponse, ButlerError> {
         require_name("app", app)?;
         require_name("stream", stream)?;
-        let key = GroupKey::new(app, stream);
-        let now = now_ms();
-        let leases = self.store.list_leases(&key).await?;
-        let sessions = self.store.list_sessions(&key, now).await?;
-        let held = |id: &str| leases.iter().filter(|l| l.is_held(now) && l.owner.as_deref() == Some(id)).count() as u32;
-        Ok(pb::DescribeLeasesResponse {
-            sessions: sessions
-                .iter()
-                .map(|s| pb::SessionInfo {
-                    session_id: s.session_id.clone(),
-                    instance_id: s.instance_id.clone(),
-                    client_name: s.client_name.clone(),
-                    shard_count: held(&s.session_id),
-                })
-                .collect(),
-            leases: leases
-                .into_iter()
-                .map(|l| pb::LeaseInfo {
-                    owner: l.owner.clone().filter(|_| l.is_held(now)).unwrap_or_default(),
-                    expires_at_ms: if l.owner.is_some() { l.expires_at_ms } else { 0 },
-                    checkpoint: l.checkpoint.as_text().to_owned(),
-                    sub_sequence_number: l.checkpoint.sub_sequence(),
-                    shard_id: l.shard_id,
-                    epoch: l.epoch,
-                    parent_shard_ids: l.parent_shard_ids,
-                    closed: l.closed,
-                    handoff_to: l.handoff_to.unwrap_or_default(),
-                })
-                .collect(),
-        })
+        describe_group(self.store.as_ref(), &GroupKey::new(app, stream)).await
     }
 
     /// Graceful shutdown: revokes every shard with `SHUTDOWN`, waits up to `grace` for
@@ -331,4 +302,37 @@ impl Butler {
     pub fn stopped(&self) -> CancellationToken {
         self.shutdown.clone()
     }
+}
+
+/// Every lease and live session of a group, as `DescribeLeases` reports them.
+pub async fn describe_group(store: &dyn LeaseStore, key: &GroupKey) -> Result<pb::DescribeLeasesResponse, ButlerError> {
+    let now = now_ms();
+    let leases = store.list_leases(key).await?;
+    let sessions = store.list_sessions(key, now).await?;
+    let held = |id: &str| leases.iter().filter(|l| l.is_held(now) && l.owner.as_deref() == Some(id)).count() as u32;
+    Ok(pb::DescribeLeasesResponse {
+        sessions: sessions
+            .iter()
+            .map(|s| pb::SessionInfo {
+                session_id: s.session_id.clone(),
+                instance_id: s.instance_id.clone(),
+                client_name: s.client_name.clone(),
+                shard_count: held(&s.session_id),
+            })
+            .collect(),
+        leases: leases
+            .into_iter()
+            .map(|l| pb::LeaseInfo {
+                owner: l.owner.clone().filter(|_| l.is_held(now)).unwrap_or_default(),
+                expires_at_ms: if l.owner.is_some() { l.expires_at_ms } else { 0 },
+                checkpoint: l.checkpoint.as_text().to_owned(),
+                sub_sequence_number: l.checkpoint.sub_sequence(),
+                shard_id: l.shard_id,
+                epoch: l.epoch,
+                parent_shard_ids: l.parent_shard_ids,
+                closed: l.closed,
+                handoff_to: l.handoff_to.unwrap_or_default(),
+            })
+            .collect(),
+    })
 }

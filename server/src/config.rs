@@ -1,6 +1,7 @@
 //! Server configuration: command-line flags, each with an environment variable.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -55,6 +56,23 @@ pub struct ServeConfig {
     /// Serve Prometheus metrics at http://ADDR/metrics (off when unset).
     #[arg(long, env = "KINESIS_BUTLER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+
+    /// PEM certificate chain for TLS on the gRPC listener (with --tls-key).
+    #[arg(long, env = "KINESIS_BUTLER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for TLS on the gRPC listener (with --tls-cert).
+    #[arg(long, env = "KINESIS_BUTLER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle: require client certificates signed by it (mutual TLS).
+    #[arg(long, env = "KINESIS_BUTLER_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Shared bearer token every Butler call must present
+    /// (`authorization: Bearer <token>`); off when unset.
+    #[arg(long, env = "KINESIS_BUTLER_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
 
     /// Log format.
     #[arg(long, env = "KINESIS_BUTLER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

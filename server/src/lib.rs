@@ -8,13 +8,16 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod balancer;
 pub mod butler;
 pub mod config;
+pub mod config_file;
 pub mod error;
 pub mod group;
 pub mod health;
 pub mod kinesis;
+pub mod leases_cli;
 pub mod metrics;
 pub mod reader;
 pub mod redact;

@@ -1,7 +1,10 @@
 //! The `kinesis-butler` binary.
 
-use clap::{Parser, Subcommand};
+use std::ffi::OsString;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use kinesis_butler::config::{LogFormat, ServeConfig};
+use kinesis_butler::{config_file, leases_cli};
 use tracing_subscriber::EnvFilter;
 
 /// Kinesis Butler: consumes Amazon Kinesis Data Streams for processors in any language.
@@ -9,10 +12,14 @@ use tracing_subscriber::EnvFilter;
 /// AWS settings come from the standard AWS chain: AWS_REGION, credentials, and
 /// AWS_ENDPOINT_URL_KINESIS / AWS_ENDPOINT_URL for a local endpoint.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true, args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// TOML file with any of the serve options (keys are flag names); flags and
+    /// environment variables override it.
+    #[arg(long, env = "KINESIS_BUTLER_CONFIG", global = true)]
+    config: Option<std::path::PathBuf>,
     #[command(flatten)]
     serve: ServeConfig,
 }
@@ -20,7 +27,9 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve gRPC (the default).
-    Serve,
+    Serve(ServeConfig),
+    /// Show the leases and sessions of one app and stream.
+    Leases(leases_cli::LeasesArgs),
 }
 
 fn init_logs(format: LogFormat) {
@@ -42,11 +51,45 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
+/// The command line with the config file's values inserted before the user's own
+/// arguments, so that those override it.
+fn effective_args() -> anyhow::Result<Vec<OsString>> {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let Some(path) = config_file::config_path(&argv) else {
+        return Ok(argv);
+    };
+    let serve_at = argv.iter().position(|a| a == "serve");
+    if argv.iter().any(|a| a == "leases") {
+        return Ok(argv);
+    }
+    let command = Cli::command();
+    let injected = config_file::args_from_file(&path, &command)?;
+    let split = serve_at.map_or(1, |i| i + 1);
+    let mut out = argv[..split].to_vec();
+    out.extend(injected);
+    out.extend_from_slice(&argv[split..]);
+    Ok(out)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    init_logs(cli.serve.log_format);
+    // Both rustls providers are linked in (aws-sdk and tonic); pick one for the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = effective_args()?;
+    let matches = Cli::command().try_get_matches_from(args).unwrap_or_else(|e| e.exit());
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
-        None | Some(Command::Serve) => kinesis_butler::server::serve(cli.serve, shutdown_signal()).await,
+        Some(Command::Leases(args)) => {
+            init_logs(LogFormat::Text);
+            leases_cli::run(args).await
+        }
+        Some(Command::Serve(serve)) => {
+            init_logs(serve.log_format);
+            kinesis_butler::server::serve(serve, shutdown_signal()).await
+        }
+        None => {
+            init_logs(cli.serve.log_format);
+            kinesis_butler::server::serve(cli.serve, shutdown_signal()).await
+        }
     }
 }

@@ -189,6 +189,6 @@ fn to_proto(r: aws_sdk_kinesis::types::Record) -> pb::Record {
         sequence_number: r.sequence_number,
         sub_sequence_number: 0,
         partition_key: r.partition_key.unwrap_or_default(),
-        data: r.data.into_inner().into(),
+        data: r.data.into_inner(),
     }
 }

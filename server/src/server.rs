@@ -12,7 +12,23 @@ use crate::group::GroupSettings;
 use crate::kinesis::Kinesis;
 use crate::redact::redact_url;
 use crate::service::ButlerService;
+use crate::auth::TokenCheck;
 use crate::{health, metrics, store};
+
+/// The listener's TLS settings, if a certificate is configured.
+fn tls_config(config: &ServeConfig) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    use anyhow::Context;
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let read = |p: &std::path::PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &config.tls_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(tls))
+}
 
 /// Opens the store, connects to Kinesis and serves gRPC on `config.listen` until
 /// `shutdown` completes; then drains gracefully (see [`Butler::drain`]).
@@ -57,13 +73,23 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
 
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     info!(listen = %listener.local_addr()?, store = %redact_url(&config.store), instance = core.instance_id(),
-        "kinesis-butler serving");
-    tonic::transport::Server::builder()
+        tls = config.tls_cert.is_some(), mutual_tls = config.tls_client_ca.is_some(),
+        token = config.auth_token.is_some(), "kinesis-butler serving");
+    let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    if let Some(tls) = tls_config(&config)? {
+        builder = builder.tls_config(tls)?;
+    }
+    let token = TokenCheck::new(config.auth_token.clone());
+    let butler = tonic::service::interceptor::InterceptedService::new(
+        ButlerService::new(core.clone()).into_server(),
+        move |req| token.check(req),
+    );
+    builder
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(ButlerService::new(core.clone()).into_server())
+        .add_service(butler)
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), drained.cancelled_owned())
         .await?;
     watcher_stop.cancel();

@@ -97,7 +97,7 @@ async fn bad_requests_are_rejected_and_change_nothing() -> Result<()> {
     }
 
     // A shard held by another session: a second session of the same app tries it.
-    let mut other = open_session(&mut client, "app", &stream).await?;
+    let other = open_session(&mut client, "app", &stream).await?;
     let foreign = pb::CheckpointRequest { session_id: other.id.clone(), ..g.clone() };
     assert_eq!(code(within(10, "foreign", client.checkpoint(foreign)).await?), Code::FailedPrecondition);
     let after = checkpoints(&mut client, &stream).await?;
