@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve gRPC (the default).
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Show the leases and sessions of one app and stream.
     Leases(leases_cli::LeasesArgs),
 }
@@ -85,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Some(Command::Serve(serve)) => {
             init_logs(serve.log_format);
-            kinesis_butler::server::serve(serve, shutdown_signal()).await
+            kinesis_butler::server::serve(*serve, shutdown_signal()).await
         }
         None => {
             init_logs(cli.serve.log_format);
