@@ -1,11 +1,14 @@
 # Kinesis Butler. `make demo` shows records flowing; `make test` runs every test.
-.PHONY: demo test build lint bench emulators stop-emulators clean
+.PHONY: demo test build lint bench faults emulators stop-emulators clean
 
 demo:
 	scripts/demo.sh
 
 test:
 	scripts/test.sh
+
+bench:
+	scripts/bench.sh
 
 build:
 	cargo build --workspace --bins

@@ -1,0 +1,474 @@
+//! `make bench`: measures the server against a baseline in the same run and prints a
+//! table (also written to `bench-results/bench.md`).
+//!
+//! 1. Relay ceiling: a fake in-memory Kinesis source; a direct aws-sdk-kinesis read loop
+//!    vs. the server relaying to a Rust client (and Python / Node batch handlers when
+//!    their packages are installed), plus the server's CPU time per million records.
+//! 2. kinesalite end to end: records/s through the server vs. a direct read, and
+//!    put-to-handler latency p50/p99 vs. a direct polling loop.
+//! 3. Cost: server resident memory with 1,000 leased shards idle, and store operations
+//!    per second per shard in steady state (Redis store).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType};
+use clap::Parser;
+use kinesis_butler_bench::fake_kinesis::{self, FakeStream};
+use kinesis_butler_client::{Batch, CheckpointPolicy, Consumer, ConsumerOptions, HandlerError};
+
+#[derive(Parser, Debug)]
+#[command(about = "Kinesis Butler benchmarks")]
+struct Args {
+    /// Directory of the release binaries (kinesis-butler).
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// kinesalite endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:4620")]
+    kinesalite: String,
+    /// Records per relay run (100-byte records; 1 KB runs use a fifth).
+    #[arg(long, default_value_t = 1_000_000)]
+    relay_records: usize,
+    /// Shards of the relay source (the server reads each at most 5 times a second).
+    #[arg(long, default_value_t = 16)]
+    relay_shards: usize,
+    /// Python interpreter with the kinesis_butler package installed (skipped if absent).
+    #[arg(long, default_value = ".venv/bin/python")]
+    python: PathBuf,
+    /// Where the table is written.
+    #[arg(long, default_value = "bench-results/bench.md")]
+    out: PathBuf,
+    /// Only run these sections (relay, kinesalite, cost); all when empty.
+    #[arg(long)]
+    only: Vec<String>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn kinesis_client(endpoint: &str) -> aws_sdk_kinesis::Client {
+    let config = aws_sdk_kinesis::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("bench", "bench", None, None, "bench"))
+        .endpoint_url(endpoint)
+        .build();
+    aws_sdk_kinesis::Client::from_conf(config)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(50999)
+}
+
+/// A server process, killed on drop.
+struct Server {
+    child: Child,
+    endpoint: String,
+}
+
+impl Server {
+    async fn start(bin_dir: &Path, kinesis: &str, store: &str, extra: &[&str]) -> Result<Self> {
+        let port = free_port();
+        let child = Command::new(bin_dir.join("kinesis-butler"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--store", store])
+            .args(extra)
+            .env("AWS_ACCESS_KEY_ID", "bench")
+            .env("AWS_SECRET_ACCESS_KEY", "bench")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL_KINESIS", kinesis)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting kinesis-butler (build it with cargo build --release)")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("server did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Self { child, endpoint: format!("http://127.0.0.1:{port}") })
+    }
+
+    /// User + system CPU seconds used so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads every shard of `stream` to its current end with GetRecords, at most 5 calls a
+/// second per shard as Kinesis allows; returns records read and elapsed seconds.
+async fn direct_read(client: &aws_sdk_kinesis::Client, stream: &str, expect: usize) -> Result<(usize, f64)> {
+    let shards = client.list_shards().stream_name(stream).send().await?;
+    let started = Instant::now();
+    let total = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for shard in shards.shards() {
+        let (client, stream, shard, total) = (client.clone(), stream.to_owned(), shard.shard_id().to_owned(), total.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut it = client
+                .get_shard_iterator()
+                .stream_name(&stream)
+                .shard_id(&shard)
+                .shard_iterator_type(ShardIteratorType::TrimHorizon)
+                .send()
+                .await?
+                .shard_iterator
+                .unwrap_or_default();
+            loop {
+                let call = Instant::now();
+                let out = client.get_records().shard_iterator(&it).limit(10_000).send().await?;
+                total.fetch_add(out.records().len(), Ordering::Relaxed);
+                if out.records().is_empty() && out.millis_behind_latest().unwrap_or(0) == 0 {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                it = out.next_shard_iterator.unwrap_or_default();
+                tokio::time::sleep_until((call + Duration::from_millis(200)).into()).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let n = total.load(Ordering::Relaxed);
+    if n < expect {
+        bail!("direct read got {n} of {expect} records");
+    }
+    Ok((n, started.elapsed().as_secs_f64()))
+}
+
+/// Reads `expect` records through the server with the Rust client; returns records/s
+/// and the server's CPU seconds spent.
+async fn rust_client_read(server: &Server, stream: &str, expect: usize, app: &str) -> Result<(f64, f64)> {
+    let options = ConsumerOptions {
+        max_records_per_batch: 10_000,
+        checkpoint: CheckpointPolicy::EveryBatch,
+        shard_queue_batches: 8,
+        ..ConsumerOptions::default()
+    };
+    let consumer = Arc::new(Consumer::new(server.endpoint.clone(), app, [stream.to_owned()], options)?);
+    let count = Arc::new(AtomicUsize::new(0));
+    let (c, stop) = (count.clone(), consumer.stop_token());
+    let cpu_before = server.cpu_seconds();
+    let started = Instant::now();
+    let handler = move |batch: Batch| {
+        let c = c.clone();
+        let stop = stop.clone();
+        async move {
+            if c.fetch_add(batch.records().len(), Ordering::Relaxed) + batch.records().len() >= expect {
+                stop.cancel();
+            }
+            Ok::<(), HandlerError>(())
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(600), consumer.run(handler)).await.context("relay read timed out")??;
+    let elapsed = started.elapsed().as_secs_f64();
+    let n = count.load(Ordering::Relaxed);
+    if n < expect {
+        bail!("client got {n} of {expect}");
+    }
+    Ok((n as f64 / elapsed, server.cpu_seconds() - cpu_before))
+}
+
+/// Runs a language's bench script; it prints `records_per_sec=<float>`.
+fn script_read(cmd: &mut Command) -> Result<f64> {
+    let out = cmd.stderr(Stdio::inherit()).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("bench script failed: {text}");
+    }
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("records_per_sec="))
+        .and_then(|v| v.parse().ok())
+        .context("no records_per_sec= line")
+}
+
+struct Row {
+    section: &'static str,
+    what: String,
+    value: String,
+    baseline: String,
+    ratio: String,
+}
+
+fn row(section: &'static str, what: impl Into<String>, value: String, baseline: String, ratio: String) -> Row {
+    Row { section, what: what.into(), value, baseline, ratio }
+}
+
+async fn relay(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
+    for (size, records) in [(100usize, args.relay_records), (1024, args.relay_records / 5)] {
+        let per_shard = records / args.relay_shards;
+        let total = per_shard * args.relay_shards;
+        let stream = Arc::new(FakeStream::new("relay", args.relay_shards, per_shard, size));
+        let (addr, source) = fake_kinesis::serve(stream, "127.0.0.1:0".parse()?).await?;
+        let endpoint = format!("http://{addr}");
+        let (n, secs) = direct_read(&kinesis_client(&endpoint), "relay", total).await?;
+        let direct = n as f64 / secs;
+        let mb = |rps: f64| rps * size as f64 / 1e6;
+        rows.push(row("relay", format!("direct aws-sdk-kinesis read, {size} B"), format!("{direct:.0} rec/s ({:.1} MB/s)", mb(direct)), "-".into(), "1.00".into()));
+
+        let dir = tempfile_dir()?;
+        let store = format!("sqlite://{}/relay.db", dir.display());
+        let server = Server::start(&args.bin_dir, &endpoint, &store, &["--batch-size", "10000", "--idle-interval", "200ms", "--session-buffer", "32"]).await?;
+        let (rust, cpu) = rust_client_read(&server, "relay", total, "rust").await?;
+        rows.push(row("relay", format!("server → Rust client, {size} B"), format!("{rust:.0} rec/s ({:.1} MB/s)", mb(rust)), format!("{direct:.0}"), format!("{:.2}", rust / direct)));
+        rows.push(row("relay", format!("server CPU per million records, {size} B"), format!("{:.2} s", cpu / (total as f64 / 1e6)), "-".into(), "-".into()));
+
+        let py_script = Path::new("bindings/python/bench.py");
+        if args.python.exists() && py_script.exists() {
+            let rps = script_read(Command::new(&args.python).arg(py_script).args(["--endpoint", &server.endpoint, "--app", "python", "--stream", "relay", "--expect", &total.to_string()]))?;
+            rows.push(row("relay", format!("server → Python batch handler, {size} B"), format!("{rps:.0} rec/s"), format!("{direct:.0}"), format!("{:.2}", rps / direct)));
+        }
+        let node_script = Path::new("bindings/node/bench.js");
+        if node_script.exists() {
+            let rps = script_read(Command::new("node").arg(node_script).args(["--endpoint", &server.endpoint, "--app", "node", "--stream", "relay", "--expect", &total.to_string()]))?;
+            rows.push(row("relay", format!("server → Node batch handler, {size} B"), format!("{rps:.0} rec/s"), format!("{direct:.0}"), format!("{:.2}", rps / direct)));
+        }
+        drop(server);
+        source.abort();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("kb-bench-{}-{}", std::process::id(), now_ms()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+async fn create_stream(client: &aws_sdk_kinesis::Client, name: &str, shards: i32) -> Result<()> {
+    client.create_stream().stream_name(name).shard_count(shards).send().await.context("CreateStream on kinesalite (scripts/emulators.sh start)")?;
+    for _ in 0..300 {
+        let d = client.describe_stream_summary().stream_name(name).send().await?;
+        if d.stream_description_summary().map(|s| s.stream_status().as_str()) == Some("ACTIVE") {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("stream not ACTIVE")
+}
+
+/// Puts `count` 100-byte records, each starting with its put time in ms.
+async fn put_timed(client: &aws_sdk_kinesis::Client, stream: &str, count: usize, per_sec: usize) -> Result<()> {
+    let per_tick = (per_sec / 20).max(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut sent = 0;
+    while sent < count {
+        tick.tick().await;
+        let n = per_tick.min(count - sent);
+        let entries = (0..n)
+            .map(|i| {
+                let mut data = format!("{}|{}|", now_ms(), sent + i).into_bytes();
+                data.resize(100, b'.');
+                PutRecordsRequestEntry::builder().partition_key(format!("k{}", sent + i)).data(Blob::new(data)).build().expect("entry")
+            })
+            .collect::<Vec<_>>();
+        client.put_records().stream_name(stream).set_records(Some(entries)).send().await?;
+        sent += n;
+    }
+    Ok(())
+}
+
+fn put_time(data: &[u8]) -> Option<i64> {
+    std::str::from_utf8(data.split(|b| *b == b'|').next()?).ok()?.parse().ok()
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0)
+}
+
+async fn kinesalite(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
+    let client = kinesis_client(&args.kinesalite);
+    let stream = format!("bench-{}", now_ms());
+    create_stream(&client, &stream, 4).await?;
+    let total = 40_000;
+    put_timed(&client, &stream, total, 20_000).await?;
+    let (n, secs) = direct_read(&client, &stream, total).await?;
+    let direct = n as f64 / secs;
+    rows.push(row("kinesalite", "direct read, 100 B", format!("{direct:.0} rec/s"), "-".into(), "1.00".into()));
+    let dir = tempfile_dir()?;
+    let server = Server::start(&args.bin_dir, &args.kinesalite, &format!("sqlite://{}/k.db", dir.display()), &["--batch-size", "10000", "--idle-interval", "200ms"]).await?;
+    let (through, _) = rust_client_read(&server, &stream, total, "e2e").await?;
+    rows.push(row("kinesalite", "server → Rust client, 100 B", format!("{through:.0} rec/s"), format!("{direct:.0}"), format!("{:.2}", through / direct)));
+
+    // Latency: records put at a steady rate while each reader runs, measured put → handler.
+    let lat_stream = format!("latency-{}", now_ms());
+    create_stream(&client, &lat_stream, 2).await?;
+    let direct_lat = {
+        let latencies = Arc::new(Mutex::new(Vec::new()));
+        let reader = tokio::spawn(poll_latency(client.clone(), lat_stream.clone(), latencies.clone()));
+        put_timed(&client, &lat_stream, 2_000, 400).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        reader.abort();
+        let mut v = latencies.lock().expect("lat").clone();
+        v.sort_unstable();
+        v
+    };
+    let server_lat = {
+        let latencies = Arc::new(Mutex::new(Vec::new()));
+        let options = ConsumerOptions { start: kinesis_butler_client::StartPosition::Latest, ..ConsumerOptions::default() };
+        let consumer = Arc::new(Consumer::new(server.endpoint.clone(), "latency", [lat_stream.clone()], options)?);
+        let l = latencies.clone();
+        let handler = move |batch: Batch| {
+            let now = now_ms();
+            let mut l = l.lock().expect("lat");
+            l.extend(batch.records().iter().filter_map(|r| put_time(&r.data)).map(|t| now - t));
+            async { Ok::<(), HandlerError>(()) }
+        };
+        let (c2, stop) = (consumer.clone(), consumer.stop_token());
+        let run = tokio::spawn(async move { c2.run(handler).await });
+        // Wait until the consumer holds both shards before putting.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        put_timed(&client, &lat_stream, 2_000, 400).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop.cancel();
+        let _ = run.await;
+        let mut v = latencies.lock().expect("lat").clone();
+        v.sort_unstable();
+        v
+    };
+    for (p, name) in [(0.5, "p50"), (0.99, "p99")] {
+        let (s, d) = (percentile(&server_lat, p), percentile(&direct_lat, p));
+        rows.push(row("kinesalite", format!("put → handler latency {name}"), format!("{s} ms"), format!("{d} ms"), format!("{:.2}", s as f64 / d.max(1) as f64)));
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
+/// A direct polling loop (200 ms between calls when caught up, like the server's
+/// `--idle-interval 200ms`) recording put → receive latency.
+async fn poll_latency(client: aws_sdk_kinesis::Client, stream: String, out: Arc<Mutex<Vec<i64>>>) -> Result<()> {
+    let shards = client.list_shards().stream_name(&stream).send().await?;
+    let mut tasks = Vec::new();
+    for shard in shards.shards() {
+        let (client, stream, shard, out) = (client.clone(), stream.clone(), shard.shard_id().to_owned(), out.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut it = client.get_shard_iterator().stream_name(&stream).shard_id(&shard).shard_iterator_type(ShardIteratorType::Latest).send().await?.shard_iterator.unwrap_or_default();
+            loop {
+                let call = Instant::now();
+                let page = client.get_records().shard_iterator(&it).limit(10_000).send().await?;
+                let now = now_ms();
+                out.lock().expect("lat").extend(page.records().iter().filter_map(|r| put_time(r.data().as_ref())).map(|t| now - t));
+                it = page.next_shard_iterator.unwrap_or_default();
+                tokio::time::sleep_until((call + Duration::from_millis(200)).into()).await;
+            }
+            #[allow(unreachable_code)]
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+async fn redis_command_count() -> Result<u64> {
+    let out = Command::new("redis-cli").args(["-h", "127.0.0.1", "INFO", "commandstats"]).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+        .sum())
+}
+
+async fn cost(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
+    let shards = 1000;
+    let stream = Arc::new(FakeStream::new("idle", shards, 0, 100));
+    let (addr, source) = fake_kinesis::serve(stream, "127.0.0.1:0".parse()?).await?;
+    let prefix = format!("kbbench{}", now_ms());
+    let store = format!("redis://127.0.0.1:6379/?prefix={prefix}");
+    let server = Server::start(&args.bin_dir, &format!("http://{addr}"), &store, &["--idle-interval", "1s"]).await?;
+    let consumer = Arc::new(Consumer::new(server.endpoint.clone(), "idle", ["idle".to_owned()], ConsumerOptions::default())?);
+    let stop = consumer.stop_token();
+    let c2 = consumer.clone();
+    let run = tokio::spawn(async move { c2.run(|_b: Batch| async { Ok::<(), HandlerError>(()) }).await });
+    let mut client = kinesis_butler_proto::butler_client::ButlerClient::connect(server.endpoint.clone()).await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let d = client.describe_leases(kinesis_butler_proto::DescribeLeasesRequest { app: "idle".into(), stream: "idle".into() }).await?.into_inner();
+        if d.leases.iter().filter(|l| !l.owner.is_empty()).count() == shards {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("1000 shards not leased in time");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rss = server.rss_mib();
+    let before = redis_command_count().await?;
+    let window = 10.0;
+    tokio::time::sleep(Duration::from_secs_f64(window)).await;
+    let ops = (redis_command_count().await? - before) as f64 / window / shards as f64;
+    rows.push(row("cost", "server RSS, 1,000 leased shards idle", format!("{rss:.0} MiB"), "-".into(), "-".into()));
+    rows.push(row("cost", "store operations per second per shard (Redis)", format!("{ops:.4}"), "-".into(), "-".into()));
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), run).await;
+    drop(server);
+    source.abort();
+    let _ = Command::new("sh").args(["-c", &format!("redis-cli -h 127.0.0.1 --scan --pattern '{prefix}*' | xargs -r redis-cli -h 127.0.0.1 DEL >/dev/null")]).status();
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())))
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    format!("{cores} cores, {cpu}")
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
+    let mut rows = Vec::new();
+    if want("relay") {
+        relay(&args, &mut rows).await?;
+    }
+    if want("kinesalite") {
+        kinesalite(&args, &mut rows).await?;
+    }
+    if want("cost") {
+        cost(&args, &mut rows).await?;
+    }
+    let mut table = format!("Machine: {}\n\n| section | measurement | value | baseline | ratio |\n|---|---|---|---|---|\n", machine());
+    for r in &rows {
+        table.push_str(&format!("| {} | {} | {} | {} | {} |\n", r.section, r.what, r.value, r.baseline, r.ratio));
+    }
+    println!("{table}");
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.out, &table)?;
+    Ok(())
+}

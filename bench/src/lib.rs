@@ -1,0 +1,3 @@
+//! Benchmark support for Kinesis Butler.
+
+pub mod fake_kinesis;
