@@ -28,10 +28,8 @@ pub struct FakeStream {
 impl FakeStream {
     /// Pre-generates every record. Sequence numbers are 56-digit decimals, increasing.
     pub fn new(name: &str, shards: usize, records_per_shard: usize, record_size: usize) -> Self {
-        let arrival_secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
+        let arrival_secs =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
         let shards = (0..shards)
             .map(|s| {
                 let records = (0..records_per_shard)
@@ -149,7 +147,10 @@ async fn handle(State(stream): State<Arc<FakeStream>>, headers: HeaderMap, body:
 }
 
 /// Serves `stream` on `addr` until the task is dropped; returns the bound address.
-pub async fn serve(stream: Arc<FakeStream>, addr: SocketAddr) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+pub async fn serve(
+    stream: Arc<FakeStream>,
+    addr: SocketAddr,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let app = axum::Router::new().fallback(handle).with_state(stream);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;

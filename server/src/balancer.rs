@@ -2,11 +2,14 @@
 //!
 //! With S readable shards and C live sessions every session converges to
 //! floor(S/C) or ceil(S/C) shards. Free and expired leases are taken first, by local
-//! sessions below the upper target. Then a local session asks for a handoff from a
-//! session holding at least two more shards than it, so every move strictly reduces the
-//! imbalance: moves are minimal, only sessions above their share give, nothing
-//! oscillates. Each server instance plans only for its own sessions; the store's
-//! compare-and-set settles races between instances.
+//! sessions below the upper target. Then a local session below the upper target asks for
+//! a handoff from a session holding at least two more shards than it, so every move
+//! strictly reduces the imbalance: moves are minimal, only sessions above their share
+//! give, nothing oscillates. Each server instance plans only for its own sessions; the
+//! store's compare-and-set settles races between instances. (A local session that is
+//! itself above target never takes: with sessions on other instances the least loaded
+//! *local* session is not the least loaded one, and taking would move shards between
+//! two over-target sessions.)
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -24,8 +27,7 @@ pub struct Plan {
 /// Whether a lease may be read now: not finished, and every parent it names that is
 /// still tracked has been read to its end.
 pub fn readable_shards(leases: &[Lease]) -> Vec<&Lease> {
-    let finished: BTreeMap<&str, bool> =
-        leases.iter().map(|l| (l.shard_id.as_str(), l.is_finished())).collect();
+    let finished: BTreeMap<&str, bool> = leases.iter().map(|l| (l.shard_id.as_str(), l.is_finished())).collect();
     leases
         .iter()
         .filter(|l| !l.is_finished())
@@ -36,13 +38,17 @@ pub fn readable_shards(leases: &[Lease]) -> Vec<&Lease> {
 /// Plans acquisitions and handoff requests for `local` sessions.
 pub fn plan(leases: &[Lease], sessions: &[SessionRecord], local: &[String], now_ms: i64) -> Plan {
     let mut plan = Plan::default();
-    let live: HashSet<&str> = sessions.iter().map(|s| s.session_id.as_str()).chain(local.iter().map(String::as_str)).collect();
+    let live: HashSet<&str> =
+        sessions.iter().map(|s| s.session_id.as_str()).chain(local.iter().map(String::as_str)).collect();
     if live.is_empty() || local.is_empty() {
         return plan;
     }
     let readable = readable_shards(leases);
     let total = readable.len();
     let upper = total.div_ceil(live.len());
+    // A handoff is pending only towards a live session: one asked for by a session that
+    // died since is ignored (it is cleared when the lease next changes hands).
+    let moving = |l: &Lease| l.handoff_to.as_deref().is_some_and(|t| live.contains(t));
 
     // Projected holdings: leases held now, with pending handoffs counted at their target.
     let mut held: BTreeMap<&str, Vec<&Lease>> = live.iter().map(|s| (*s, Vec::new())).collect();
@@ -75,11 +81,19 @@ pub fn plan(leases: &[Lease], sessions: &[SessionRecord], local: &[String], now_
         held.get_mut(taker.as_str()).expect("live").push(lease);
     }
 
-    // 2. Handoffs: the most loaded session gives to a local one with two fewer.
-    while let Some(taker) = local.iter().min_by_key(|s| (held[s.as_str()].len(), s.as_str())) {
+    // 2. Handoffs: the most loaded session gives to a local one below the upper target
+    //    with two fewer. A donor's projected holdings include handoffs still pending
+    //    towards it; when the target dropped since they were asked for (more sessions
+    //    joined), one of those is redirected first: the shard has not moved yet, so the
+    //    redirect costs nothing, where completing it would move the shard twice. A
+    //    pending handoff is never redirected to the lease's own owner.
+    while let Some(taker) =
+        local.iter().filter(|s| held[s.as_str()].len() < upper).min_by_key(|s| (held[s.as_str()].len(), s.as_str()))
+    {
+        let movable = |l: &Lease| !moving(l) || l.owner.as_deref() != Some(taker.as_str());
         let (donor, donor_count) = held
             .iter()
-            .map(|(s, l)| (*s, l.iter().filter(|l| l.handoff_to.is_none()).count(), l.len()))
+            .map(|(s, l)| (*s, l.iter().filter(|l| movable(l)).count(), l.len()))
             .filter(|(s, movable, _)| *s != taker.as_str() && *movable > 0)
             .max_by_key(|(s, _, count)| (*count, std::cmp::Reverse(*s)))
             .map(|(s, _, count)| (s, count))
@@ -88,8 +102,12 @@ pub fn plan(leases: &[Lease], sessions: &[SessionRecord], local: &[String], now_
             break;
         }
         let list = held.get_mut(donor).expect("donor");
-        // Give the highest shard id the donor holds that is not already moving.
-        let pos = list.iter().rposition(|l| l.handoff_to.is_none()).expect("movable");
+        // Redirect the highest pending shard id, else give the highest one it holds.
+        let pos = list
+            .iter()
+            .rposition(|l| moving(l) && movable(l))
+            .or_else(|| list.iter().rposition(|l| !moving(l)))
+            .expect("movable");
         let lease = list.remove(pos);
         plan.handoff.push((lease.shard_id.clone(), lease.epoch, taker.clone()));
         held.get_mut(taker.as_str()).expect("live").push(lease);
@@ -166,6 +184,64 @@ mod tests {
         assert!(c.iter().all(|n| *n == 41 || *n == 42), "{c:?}");
         let moved = leases.iter().zip(&before).filter(|(l, b)| &l.owner != *b).count();
         assert_eq!(moved, c[5], "only the new session's shards moved");
+    }
+
+    #[test]
+    fn over_target_local_sessions_do_not_take_from_each_other() {
+        // Instance A's a0 and a1 held everything; instance B's b0 and b1 joined and B
+        // has asked a0 for 25 shards so far. A's own plan must not move shards between
+        // its two sessions, which are both far above the target of 63.
+        let mut leases: Vec<Lease> = (0..250).map(|i| lease(i, Some(if i < 125 { "a0" } else { "a1" }))).collect();
+        for l in leases.iter_mut().take(25) {
+            l.handoff_to = Some("b0".into());
+        }
+        let all = sessions(&["a0", "a1", "b0", "b1"]);
+        let p = plan(&leases, &all, &["a0".into(), "a1".into()], 0);
+        assert_eq!(p, Plan::default(), "no move between over-target sessions");
+        // B's plan moves shards only to its own sessions, from both of A's.
+        let p = plan(&leases, &all, &["b0".into(), "b1".into()], 0);
+        assert!(p.acquire.is_empty());
+        assert!(p.handoff.iter().all(|(_, _, to)| to == "b0" || to == "b1"));
+        assert_eq!(p.handoff.len() + 25, 124, "B's sessions end at 62 each, A's at 63");
+    }
+
+    #[test]
+    fn pending_handoffs_beyond_a_lowered_target_are_redirected() {
+        // a0 and a1 held everything. b0 joined alone (target 84 of 250 over 3 sessions)
+        // and asked for 84 shards; then b1 joined (target 63). b1 takes b0's excess by
+        // redirecting pending handoffs, so no shard moves twice and a0 and a1 give only
+        // what they must.
+        let mut leases: Vec<Lease> = (0..250).map(|i| lease(i, Some(if i < 125 { "a0" } else { "a1" }))).collect();
+        for l in leases.iter_mut().filter(|l| l.shard_id.as_str() < "shard-0042") {
+            l.handoff_to = Some("b0".into());
+        }
+        for l in leases.iter_mut().skip(125).take(42) {
+            l.handoff_to = Some("b0".into());
+        }
+        let all = sessions(&["a0", "a1", "b0", "b1"]);
+        let p = plan(&leases, &all, &["b0".into(), "b1".into()], 0);
+        assert!(p.handoff.iter().all(|(_, _, to)| to == "b1"), "{p:?}");
+        let redirected = p
+            .handoff
+            .iter()
+            .filter(|(shard, _, _)| leases.iter().any(|l| &l.shard_id == shard && l.handoff_to.is_some()))
+            .count();
+        assert_eq!(redirected, 84 - 63, "b0's excess is redirected");
+        assert_eq!(p.handoff.len() + 84 - redirected, 125, "a0 and a1 give exactly half of all");
+        // And A plans nothing for its two sessions.
+        assert_eq!(plan(&leases, &all, &["a0".into(), "a1".into()], 0), Plan::default());
+    }
+
+    #[test]
+    fn a_handoff_to_a_dead_session_does_not_pin_the_lease() {
+        // b1 asked for every shard of b0, then died (its record expired): b0's leases
+        // are movable again for a, the only other live session.
+        let mut leases: Vec<Lease> = (0..4).map(|i| lease(i, Some("b0"))).collect();
+        for l in &mut leases {
+            l.handoff_to = Some("b1".into());
+        }
+        let p = plan(&leases, &sessions(&["a", "b0"]), &["a".into()], 100);
+        assert_eq!(p.handoff.len(), 2, "{p:?}");
     }
 
     #[test]

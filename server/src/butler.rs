@@ -4,10 +4,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use futures::StreamExt;
 use kinesis_butler_proto as pb;
 use pb::get_records_response::Event;
 use pb::start_position::Kind;
-use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -194,7 +194,8 @@ impl Butler {
         if let Some(g) = groups.get(&key) {
             return g.clone();
         }
-        let group = Arc::new(Group::new(key.clone(), self.store.clone(), self.kinesis.clone(), self.settings.group.clone()));
+        let group =
+            Arc::new(Group::new(key.clone(), self.store.clone(), self.kinesis.clone(), self.settings.group.clone()));
         groups.insert(key.clone(), group.clone());
         let (this, worker) = (self.clone(), group.clone());
         tokio::spawn(async move {
@@ -229,13 +230,12 @@ impl Butler {
         require_name("session_id", &req.session_id)?;
         require_name("stream", &req.stream)?;
         require_name("shard_id", &req.shard_id)?;
-        let session = self
-            .sessions
-            .lock()
-            .expect("sessions")
-            .get(&req.session_id)
-            .cloned()
-            .ok_or_else(|| ButlerError::NotFound(format!("unknown session {:?} (closed, or opened on another server instance)", req.session_id)))?;
+        let session = self.sessions.lock().expect("sessions").get(&req.session_id).cloned().ok_or_else(|| {
+            ButlerError::NotFound(format!(
+                "unknown session {:?} (closed, or opened on another server instance)",
+                req.session_id
+            ))
+        })?;
         if !session.streams.contains(&req.stream) {
             return Err(ButlerError::NotFound(format!("session {} does not read stream {:?}", session.id, req.stream)));
         }
@@ -243,12 +243,14 @@ impl Butler {
             Some(Checkpoint::ShardEnd)
         } else if req.sequence_number.is_empty() {
             if !req.release {
-                return Err(ButlerError::InvalidArgument("sequence_number is required unless shard_end or release is set".into()));
+                return Err(ButlerError::InvalidArgument(
+                    "sequence_number is required unless shard_end or release is set".into(),
+                ));
             }
             None
         } else {
-            let sequence = SequenceNumber::parse(&req.sequence_number)
-                .map_err(|e| ButlerError::InvalidArgument(e.to_string()))?;
+            let sequence =
+                SequenceNumber::parse(&req.sequence_number).map_err(|e| ButlerError::InvalidArgument(e.to_string()))?;
             Some(Checkpoint::At { sequence, sub_sequence: req.sub_sequence_number })
         };
         let key = GroupKey::new(&session.app, &req.stream);

@@ -44,6 +44,18 @@ pub struct ServeConfig {
     #[arg(long, env = "KINESIS_BUTLER_SHARD_SYNC_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub shard_sync_interval: Duration,
 
+    /// How shards are read: `polling` (GetRecords, the default) or `fan-out` (enhanced
+    /// fan-out: a stream consumer `kinesis-butler-<app>` is registered per app and
+    /// stream, and shards are read with SubscribeToShard).
+    #[arg(long, env = "KINESIS_BUTLER_RETRIEVAL_MODE", value_enum, default_value_t = RetrievalMode::Polling)]
+    pub retrieval_mode: RetrievalMode,
+
+    /// Fan-out only: how long one subscription is used before a new one is made
+    /// (Kinesis ends them after 5 minutes). Shorter only for tests.
+    #[arg(long, env = "KINESIS_BUTLER_FANOUT_SUBSCRIPTION_LIFETIME", default_value = "290s",
+          value_parser = parse_duration, hide = true)]
+    pub fanout_subscription_lifetime: Duration,
+
     /// Batches buffered per session before readers wait for the client (backpressure).
     #[arg(long, env = "KINESIS_BUTLER_SESSION_BUFFER", default_value_t = 16)]
     pub session_buffer: usize,
@@ -77,6 +89,15 @@ pub struct ServeConfig {
     /// Log format.
     #[arg(long, env = "KINESIS_BUTLER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// How shards are read.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetrievalMode {
+    /// GetRecords polling, at most 5 calls a second per shard.
+    Polling,
+    /// Enhanced fan-out (SubscribeToShard), a dedicated 2 MB/s per shard and consumer.
+    FanOut,
 }
 
 /// Log output format.

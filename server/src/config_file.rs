@@ -17,7 +17,8 @@ pub fn args_from_file(path: &Path, command: &clap::Command) -> Result<Vec<OsStri
         let long = key.replace('_', "-");
         let Some(arg) = command.get_arguments().find(|a| a.get_long() == Some(long.as_str()) && long != "config")
         else {
-            let known: Vec<_> = command.get_arguments().filter_map(|a| a.get_long()).filter(|l| *l != "config").collect();
+            let known: Vec<_> =
+                command.get_arguments().filter_map(|a| a.get_long()).filter(|l| *l != "config").collect();
             bail!("unknown key {key:?} in {}; known keys: {}", path.display(), known.join(", "));
         };
         if arg.get_env().is_some_and(|env| std::env::var_os(env).is_some()) {

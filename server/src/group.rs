@@ -19,7 +19,7 @@ use crate::balancer;
 use crate::error::ButlerError;
 use crate::kinesis::{IteratorStart, Kinesis};
 use crate::metrics as m;
-use crate::reader::{self, ReaderSpec};
+use crate::reader::{self, Position, ReaderSpec, StartAt};
 use crate::session::Session;
 use crate::store::{Checkpoint, GroupKey, HeldLease, Lease, LeaseStore};
 
@@ -42,6 +42,8 @@ pub struct GroupSettings {
     pub shard_sync_interval: Duration,
     /// Reader pause when caught up.
     pub idle_interval: Duration,
+    /// Read with enhanced fan-out instead of polling.
+    pub fanout: Option<crate::fanout::FanOut>,
 }
 
 struct RunningReader {
@@ -235,8 +237,10 @@ impl Group {
         };
         let changed = !plan.acquire.is_empty() || !plan.handoff.is_empty();
         for (shard, epoch, session) in &plan.acquire {
-            if store.acquire(key, shard, *epoch, session, now, expires).await?.is_some() {
-                info!(app = %key.app, stream = %key.stream, shard = %shard, to = %session, "lease acquired");
+            if let Some(lease) = store.acquire(key, shard, *epoch, session, now, expires).await? {
+                let from = leases.iter().find(|l| &l.shard_id == shard).and_then(|l| l.owner.clone());
+                info!(app = %key.app, stream = %key.stream, shard = %shard, from = from.as_deref().unwrap_or(""),
+                    to = %session, epoch = lease.epoch, "lease acquired");
             }
         }
         for (shard, epoch, session) in &plan.handoff {
@@ -331,11 +335,16 @@ impl Group {
 
     fn start_reader(&self, session: &Arc<Session>, lease: &Lease) -> RunningReader {
         let start = match &lease.checkpoint {
-            Checkpoint::At { sequence, .. } => IteratorStart::AfterSequence(sequence.to_string()),
+            // At the checkpointed record, dropping the user records up to it (see the
+            // resume rule in `reader`): a restart inside a KPL aggregate neither skips
+            // nor repeats.
+            Checkpoint::At { sequence, sub_sequence } => {
+                StartAt::After(Position { sequence: sequence.clone(), sub_sequence: *sub_sequence })
+            }
             // Children of a reshard start at their beginning so nothing between the
             // parent's end and the child's first read is skipped.
-            _ if !lease.parent_shard_ids.is_empty() => IteratorStart::TrimHorizon,
-            _ => session.start.clone(),
+            _ if !lease.parent_shard_ids.is_empty() => StartAt::Fresh(IteratorStart::TrimHorizon),
+            _ => StartAt::Fresh(session.start.clone()),
         };
         let spec = ReaderSpec {
             app: self.key.app.clone(),
@@ -351,6 +360,7 @@ impl Group {
                 lease_epoch: lease.epoch,
                 checkpoint: lease.checkpoint.as_text().to_owned(),
             },
+            fanout: self.settings.fanout.clone(),
         };
         let cancel = CancellationToken::new();
         tokio::spawn(reader::run(self.kinesis.clone(), spec, session.out.clone(), cancel.clone()));

@@ -4,9 +4,14 @@
 use std::time::Duration;
 
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_kinesis::primitives::event_stream::EventReceiver;
 use aws_sdk_kinesis::primitives::DateTime;
-use aws_sdk_kinesis::types::ShardIteratorType;
+use aws_sdk_kinesis::types::error::SubscribeToShardEventStreamError;
+use aws_sdk_kinesis::types::{
+    ConsumerStatus, ShardIteratorType, StartingPosition, SubscribeToShardEvent, SubscribeToShardEventStream,
+};
 use aws_sdk_kinesis::Client;
+use tracing::info;
 
 use crate::store::ShardInfo;
 
@@ -49,9 +54,9 @@ impl KinesisError {
                 | Some("KMSThrottlingException")
                 | Some("ThrottlingException") => KinesisError::Throttled(text),
                 Some("ExpiredIteratorException") => KinesisError::ExpiredIterator,
-                Some("InvalidArgumentException")
-                | Some("AccessDeniedException")
-                | Some("ValidationException") => KinesisError::Rejected(text),
+                Some("InvalidArgumentException") | Some("AccessDeniedException") | Some("ValidationException") => {
+                    KinesisError::Rejected(text)
+                }
                 _ => KinesisError::Transient(text),
             },
             _ => KinesisError::Transient(text),
@@ -115,10 +120,7 @@ impl Kinesis {
             .connect_timeout(Duration::from_secs(5))
             .operation_attempt_timeout(Duration::from_secs(20))
             .build();
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .timeout_config(timeouts)
-            .load()
-            .await;
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(timeouts).load().await;
         Self { client: Client::new(&config) }
     }
 
@@ -146,8 +148,7 @@ impl Kinesis {
                     .collect();
                 // Closed is told by the presence of an ending sequence number, never by
                 // its value (kinesis-mock reports i64::MAX).
-                let closed =
-                    s.sequence_number_range().and_then(|r| r.ending_sequence_number()).is_some();
+                let closed = s.sequence_number_range().and_then(|r| r.ending_sequence_number()).is_some();
                 shards.push(ShardInfo { shard_id: s.shard_id().to_owned(), parent_shard_ids, closed });
             }
             match out.next_token() {
@@ -160,6 +161,92 @@ impl Kinesis {
         Ok(shards)
     }
 
+    /// Registers the enhanced fan-out consumer `name` on the stream (or finds it if it
+    /// exists) and waits, up to `wait`, until it is ACTIVE. Returns its ARN.
+    pub async fn register_consumer(&self, stream: &str, name: &str, wait: Duration) -> Result<String, KinesisError> {
+        let summary =
+            self.client.describe_stream_summary().stream_name(stream).send().await.map_err(KinesisError::from_sdk)?;
+        let stream_arn = summary
+            .stream_description_summary()
+            .map(|s| s.stream_arn().to_owned())
+            .ok_or_else(|| KinesisError::Transient("DescribeStreamSummary returned no stream".into()))?;
+        let registered =
+            self.client.register_stream_consumer().stream_arn(&stream_arn).consumer_name(name).send().await;
+        let arn = match registered {
+            Ok(out) => {
+                let arn = out.consumer().map(|c| c.consumer_arn().to_owned());
+                info!(stream, consumer = name, "registered the enhanced fan-out consumer");
+                arn.ok_or_else(|| KinesisError::Transient("RegisterStreamConsumer returned no consumer".into()))?
+            }
+            // It exists already (registered before, or by another instance).
+            Err(e) if e.code() == Some("ResourceInUseException") => {
+                let out = self
+                    .client
+                    .describe_stream_consumer()
+                    .stream_arn(&stream_arn)
+                    .consumer_name(name)
+                    .send()
+                    .await
+                    .map_err(KinesisError::from_sdk)?;
+                out.consumer_description()
+                    .map(|c| c.consumer_arn().to_owned())
+                    .ok_or_else(|| KinesisError::Transient("DescribeStreamConsumer returned no consumer".into()))?
+            }
+            Err(e) => return Err(KinesisError::from_sdk(e)),
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let out = self
+                .client
+                .describe_stream_consumer()
+                .consumer_arn(&arn)
+                .send()
+                .await
+                .map_err(KinesisError::from_sdk)?;
+            let status = out.consumer_description().map(|c| c.consumer_status().clone());
+            match status {
+                Some(ConsumerStatus::Active) => return Ok(arn),
+                Some(ConsumerStatus::Deleting) => {
+                    return Err(KinesisError::Transient(format!("consumer {name} is being deleted")))
+                }
+                _ if tokio::time::Instant::now() >= deadline => {
+                    return Err(KinesisError::Transient(format!(
+                        "consumer {name} did not become ACTIVE within {wait:?}"
+                    )))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// Subscribes the fan-out consumer to a shard from `start`.
+    pub async fn subscribe(
+        &self,
+        consumer_arn: &str,
+        shard_id: &str,
+        start: &IteratorStart,
+    ) -> Result<Subscription, KinesisError> {
+        let (kind, sequence, timestamp) = iterator_parts(start);
+        let mut position = StartingPosition::builder().r#type(kind);
+        if let Some(seq) = sequence {
+            position = position.sequence_number(seq);
+        }
+        if let Some(ts) = timestamp {
+            position = position.timestamp(ts);
+        }
+        let position = position.build().map_err(|e| KinesisError::Rejected(e.to_string()))?;
+        let out = self
+            .client
+            .subscribe_to_shard()
+            .consumer_arn(consumer_arn)
+            .shard_id(shard_id)
+            .starting_position(position)
+            .send()
+            .await
+            .map_err(KinesisError::from_sdk)?;
+        Ok(Subscription { events: out.event_stream })
+    }
+
     /// A shard iterator at `start`.
     pub async fn shard_iterator(
         &self,
@@ -167,23 +254,19 @@ impl Kinesis {
         shard_id: &str,
         start: &IteratorStart,
     ) -> Result<String, KinesisError> {
-        let req = self.client.get_shard_iterator().stream_name(stream).shard_id(shard_id);
-        let req = match start {
-            IteratorStart::AfterSequence(seq) => req
-                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
-                .starting_sequence_number(seq),
-            IteratorStart::AtSequence(seq) => req
-                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
-                .starting_sequence_number(seq),
-            IteratorStart::TrimHorizon => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
-            IteratorStart::Latest => req.shard_iterator_type(ShardIteratorType::Latest),
-            IteratorStart::AtTimestamp(ms) => req
-                .shard_iterator_type(ShardIteratorType::AtTimestamp)
-                .timestamp(DateTime::from_millis(*ms)),
-        };
-        let out = req.send().await.map_err(KinesisError::from_sdk)?;
-        out.shard_iterator
-            .ok_or_else(|| KinesisError::Transient("GetShardIterator returned no iterator".into()))
+        let (kind, sequence, timestamp) = iterator_parts(start);
+        let out = self
+            .client
+            .get_shard_iterator()
+            .stream_name(stream)
+            .shard_id(shard_id)
+            .shard_iterator_type(kind)
+            .set_starting_sequence_number(sequence)
+            .set_timestamp(timestamp)
+            .send()
+            .await
+            .map_err(KinesisError::from_sdk)?;
+        out.shard_iterator.ok_or_else(|| KinesisError::Transient("GetShardIterator returned no iterator".into()))
     }
 
     /// One GetRecords call.
@@ -201,5 +284,41 @@ impl Kinesis {
             next_iterator: out.next_shard_iterator.clone(),
             records: out.records,
         })
+    }
+}
+
+/// The iterator type, sequence number and timestamp of a start position.
+fn iterator_parts(start: &IteratorStart) -> (ShardIteratorType, Option<String>, Option<DateTime>) {
+    match start {
+        IteratorStart::AfterSequence(seq) => (ShardIteratorType::AfterSequenceNumber, Some(seq.clone()), None),
+        IteratorStart::AtSequence(seq) => (ShardIteratorType::AtSequenceNumber, Some(seq.clone()), None),
+        IteratorStart::TrimHorizon => (ShardIteratorType::TrimHorizon, None, None),
+        IteratorStart::Latest => (ShardIteratorType::Latest, None, None),
+        IteratorStart::AtTimestamp(ms) => (ShardIteratorType::AtTimestamp, None, Some(DateTime::from_millis(*ms))),
+    }
+}
+
+/// An open SubscribeToShard event stream.
+pub struct Subscription {
+    events: EventReceiver<SubscribeToShardEventStream, SubscribeToShardEventStreamError>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Subscription")
+    }
+}
+
+impl Subscription {
+    /// The next event; `Ok(None)` when Kinesis ended the subscription.
+    pub async fn next(&mut self) -> Result<Option<SubscribeToShardEvent>, KinesisError> {
+        loop {
+            match self.events.recv().await.map_err(KinesisError::from_sdk)? {
+                Some(SubscribeToShardEventStream::SubscribeToShardEvent(event)) => return Ok(Some(event)),
+                // An event type newer than this SDK: nothing to deliver.
+                Some(_) => continue,
+                None => return Ok(None),
+            }
+        }
     }
 }

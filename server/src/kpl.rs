@@ -180,7 +180,8 @@ mod tests {
     use super::*;
 
     /// Made by PyPI `aws-kinesis-agg` 1.2.3: user records ("pk1", "hello"), ("pk2", "world").
-    const FROM_PYTHON: &str = "f3899ac20a03706b310a03706b321a0908001a0568656c6c6f1a0908011a05776f726c6487c22af1ed18e292eb55b018413a3cff";
+    const FROM_PYTHON: &str =
+        "f3899ac20a03706b310a03706b321a0908001a0568656c6c6f1a0908011a05776f726c6487c22af1ed18e292eb55b018413a3cff";
 
     fn hex(text: &str) -> Vec<u8> {
         (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
@@ -196,7 +197,11 @@ mod tests {
                 UserRecord { sub_sequence_number: 1, partition_key: "pk2".into(), data: b"world".to_vec() },
             ])
         );
-        assert_eq!(aggregate(&[("pk1", b"hello"), ("pk2", b"world")]), hex(FROM_PYTHON), "same bytes as the KPL format");
+        assert_eq!(
+            aggregate(&[("pk1", b"hello"), ("pk2", b"world")]),
+            hex(FROM_PYTHON),
+            "same bytes as the KPL format"
+        );
     }
 
     #[test]
@@ -220,12 +225,20 @@ mod tests {
             out.extend_from_slice(Md5::digest(body).as_slice());
             out
         };
-        assert!(matches!(deaggregate(&with_body(&[0xff, 0xff, 0xff])), Deaggregated::Malformed(MalformedAggregate::Protobuf(_))));
+        assert!(matches!(
+            deaggregate(&with_body(&[0xff, 0xff, 0xff])),
+            Deaggregated::Malformed(MalformedAggregate::Protobuf(_))
+        ));
         assert_eq!(deaggregate(&with_body(&[])), Deaggregated::Malformed(MalformedAggregate::Empty));
         let bad_index = AggregatedRecord {
             partition_key_table: vec!["k".into()],
             explicit_hash_key_table: vec![],
-            records: vec![AggregatedUserRecord { partition_key_index: 3, explicit_hash_key_index: None, data: vec![1], tags: vec![] }],
+            records: vec![AggregatedUserRecord {
+                partition_key_index: 3,
+                explicit_hash_key_index: None,
+                data: vec![1],
+                tags: vec![],
+            }],
         };
         assert_eq!(
             deaggregate(&with_body(&bad_index.encode_to_vec())),

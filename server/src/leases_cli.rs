@@ -80,8 +80,10 @@ pub async fn run(args: LeasesArgs) -> anyhow::Result<()> {
         let sessions: Vec<_> = described
             .sessions
             .iter()
-            .map(|s| json!({"session_id": s.session_id, "instance_id": s.instance_id,
-                "client_name": s.client_name, "shard_count": s.shard_count}))
+            .map(|s| {
+                json!({"session_id": s.session_id, "instance_id": s.instance_id,
+                "client_name": s.client_name, "shard_count": s.shard_count})
+            })
             .collect();
         let out = json!({"app": args.app, "stream": args.stream, "leases": leases, "sessions": sessions});
         println!("{}", serde_json::to_string_pretty(&out)?);

@@ -48,7 +48,11 @@ fn describe() {
     describe_counter!(BYTES, Unit::Bytes, "Record payload bytes delivered to sessions");
     describe_counter!(BATCHES, Unit::Count, "Record batches delivered to sessions");
     describe_counter!(GET_RECORDS_CALLS, Unit::Count, "Kinesis GetRecords calls");
-    describe_counter!(KINESIS_ERRORS, Unit::Count, "Kinesis call failures by kind (throttled, expired_iterator, transient, not_found, rejected)");
+    describe_counter!(
+        KINESIS_ERRORS,
+        Unit::Count,
+        "Kinesis call failures by kind (throttled, expired_iterator, transient, not_found, rejected)"
+    );
     describe_gauge!(MILLIS_BEHIND, Unit::Milliseconds, "How far each shard reader is behind the tip of its shard");
     describe_gauge!(LEASES_HELD, Unit::Count, "Leases held by this instance's sessions, per app and stream");
     describe_gauge!(SESSIONS, Unit::Count, "Live sessions on this instance");

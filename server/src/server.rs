@@ -6,13 +6,13 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::auth::TokenCheck;
 use crate::butler::{Butler, ButlerSettings};
 use crate::config::ServeConfig;
 use crate::group::GroupSettings;
 use crate::kinesis::Kinesis;
 use crate::redact::redact_url;
 use crate::service::ButlerService;
-use crate::auth::TokenCheck;
 use crate::{health, metrics, store};
 
 /// The listener's TLS settings, if a certificate is configured.
@@ -46,6 +46,8 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
             handoff_grace: config.handoff_grace,
             shard_sync_interval: config.shard_sync_interval,
             idle_interval: config.idle_interval,
+            fanout: (config.retrieval_mode == crate::config::RetrievalMode::FanOut)
+                .then(|| crate::fanout::FanOut::new(config.fanout_subscription_lifetime)),
         },
         batch_size: config.batch_size,
         session_buffer: config.session_buffer,
@@ -90,7 +92,10 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
         .add_service(health_service)
         .add_service(reflection)
         .add_service(butler)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), drained.cancelled_owned())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            drained.cancelled_owned(),
+        )
         .await?;
     watcher_stop.cancel();
     info!("kinesis-butler stopped");

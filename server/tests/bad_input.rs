@@ -42,7 +42,8 @@ async fn bad_requests_are_rejected_and_change_nothing() -> Result<()> {
     assert_eq!(code(client.initialize(init("", vec![stream.clone()])).await), Code::InvalidArgument);
     assert_eq!(code(client.initialize(init("app", vec![])).await), Code::InvalidArgument);
     assert_eq!(code(client.initialize(init("app", vec![String::new()])).await), Code::InvalidArgument);
-    let open = |app: &str, streams: Vec<String>| pb::GetRecordsRequest { app: app.into(), streams, ..Default::default() };
+    let open =
+        |app: &str, streams: Vec<String>| pb::GetRecordsRequest { app: app.into(), streams, ..Default::default() };
     assert_eq!(code(client.get_records(open("app", vec![unique("missing")])).await), Code::NotFound);
     assert_eq!(code(client.get_records(open("", vec![stream.clone()])).await), Code::InvalidArgument);
     assert_eq!(code(client.get_records(open("app", vec![])).await), Code::InvalidArgument);

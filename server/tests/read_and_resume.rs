@@ -1,6 +1,7 @@
 //! The foundation flow on each emulator: read every record once in order, checkpoint
-//! half of each shard, restart the server on the same embedded file, and resume
-//! exactly after the checkpoints.
+//! half of each shard, restart the server on the same store, and resume exactly after
+//! the checkpoints. With the embedded file on both emulators, and with Redis and with
+//! PostgreSQL (a key prefix or schema per test, removed at the end) on kinesalite.
 
 mod common;
 
@@ -10,16 +11,14 @@ use anyhow::Result;
 use common::*;
 use kinesis_butler_proto as pb;
 
-async fn read_checkpoint_restart_resume(emulator: Emulator) -> Result<()> {
+async fn read_checkpoint_restart_resume(emulator: Emulator, store: &str, extra: &[&str]) -> Result<()> {
     let kinesis = kinesis_client(emulator);
     let stream = unique("resume");
     create_stream(&kinesis, &stream, 4).await?;
     let put = put_records(&kinesis, &stream, 0, 2000).await?;
     assert_eq!(put.len(), 4, "records spread over all 4 shards");
 
-    let dir = tempfile::tempdir()?;
-    let store = format!("sqlite://{}", dir.path().join("butler.db").display());
-    let mut server = TestServer::start(&store, emulator, &[]).await?;
+    let mut server = TestServer::start(store, emulator, extra).await?;
     let mut client = server.client().await?;
     let mut session = open_session(&mut client, "app", &stream).await?;
     let got = session.collect(2000, 90).await?;
@@ -49,15 +48,16 @@ async fn read_checkpoint_restart_resume(emulator: Emulator) -> Result<()> {
         expected_after.insert(shard.clone(), puts[half..].iter().map(|p| p.sequence_number.clone()).collect());
     }
 
-    // Restart on the same file: a new session gets exactly the records after them.
+    // Restart on the same store: a new session gets exactly the records after them.
     drop(session);
     server.kill();
-    let server = TestServer::start(&store, emulator, &[]).await?;
+    let server = TestServer::start(store, emulator, extra).await?;
     let mut client = server.client().await?;
-    let described = within(10, "describe", client.describe_leases(pb::DescribeLeasesRequest {
-        app: "app".into(),
-        stream: stream.clone(),
-    }))
+    let described = within(
+        10,
+        "describe",
+        client.describe_leases(pb::DescribeLeasesRequest { app: "app".into(), stream: stream.clone() }),
+    )
     .await??
     .into_inner();
     for lease in &described.leases {
@@ -70,15 +70,39 @@ async fn read_checkpoint_restart_resume(emulator: Emulator) -> Result<()> {
     let got: BTreeMap<String, Vec<String>> =
         got.into_iter().map(|(s, rs)| (s, rs.into_iter().map(|r| r.sequence_number).collect())).collect();
     assert_eq!(got, expected_after, "resumed exactly after the checkpoints");
+    // Emulators keep every stream: free its shards (kinesis-local counts them against
+    // its shard limit).
+    within(30, "DeleteStream", kinesis.delete_stream().stream_name(&stream).send()).await??;
     Ok(())
+}
+
+async fn with_embedded_store(emulator: Emulator) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = format!("sqlite://{}", dir.path().join("butler.db").display());
+    read_checkpoint_restart_resume(emulator, &store, &[]).await
 }
 
 #[tokio::test]
 async fn kinesis_local_read_checkpoint_restart_resume() -> Result<()> {
-    read_checkpoint_restart_resume(Emulator::KinesisLocal).await
+    with_embedded_store(Emulator::KinesisLocal).await
 }
 
 #[tokio::test]
 async fn kinesalite_read_checkpoint_restart_resume() -> Result<()> {
-    read_checkpoint_restart_resume(Emulator::Kinesalite).await
+    with_embedded_store(Emulator::Kinesalite).await
+}
+
+// The killed server's leases are taken over after the lease TTL; a short one keeps
+// these quick.
+
+#[tokio::test]
+async fn redis_read_checkpoint_restart_resume() -> Result<()> {
+    let store = TestStore::redis();
+    store.run(read_checkpoint_restart_resume(Emulator::Kinesalite, &store.url(), &["--lease-ttl", "3s"])).await
+}
+
+#[tokio::test]
+async fn postgres_read_checkpoint_restart_resume() -> Result<()> {
+    let store = TestStore::postgres();
+    store.run(read_checkpoint_restart_resume(Emulator::Kinesalite, &store.url(), &["--lease-ttl", "3s"])).await
 }

@@ -6,7 +6,9 @@ use anyhow::Result;
 use common::*;
 use kinesis_butler_proto as pb;
 use pb::butler_client::ButlerClient;
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::Code;
 
@@ -27,7 +29,8 @@ fn make_pki() -> Result<Pki> {
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     ca_params.distinguished_name.push(DnType::CommonName, "kinesis-butler test CA");
     let ca = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca_params, ca_key);
@@ -101,7 +104,11 @@ async fn tls_listener_and_bearer_token() -> Result<()> {
     // Plain text to a TLS listener does not get through.
     let plain = Channel::from_shared(format!("http://127.0.0.1:{port}"))?.connect().await;
     if let Ok(plain) = plain {
-        assert_ne!(status_of(plain, Some("correct horse")).await, Code::Ok, "plaintext call accepted by a TLS listener");
+        assert_ne!(
+            status_of(plain, Some("correct horse")).await,
+            Code::Ok,
+            "plaintext call accepted by a TLS listener"
+        );
     }
     Ok(())
 }

@@ -130,7 +130,8 @@ async fn direct_read(client: &aws_sdk_kinesis::Client, stream: &str, expect: usi
     let total = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for shard in shards.shards() {
-        let (client, stream, shard, total) = (client.clone(), stream.to_owned(), shard.shard_id().to_owned(), total.clone());
+        let (client, stream, shard, total) =
+            (client.clone(), stream.to_owned(), shard.shard_id().to_owned(), total.clone());
         tasks.push(tokio::spawn(async move {
             let mut it = client
                 .get_shard_iterator()
@@ -231,24 +232,78 @@ async fn relay(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
         let (n, secs) = direct_read(&kinesis_client(&endpoint), "relay", total).await?;
         let direct = n as f64 / secs;
         let mb = |rps: f64| rps * size as f64 / 1e6;
-        rows.push(row("relay", format!("direct aws-sdk-kinesis read, {size} B"), format!("{direct:.0} rec/s ({:.1} MB/s)", mb(direct)), "-".into(), "1.00".into()));
+        rows.push(row(
+            "relay",
+            format!("direct aws-sdk-kinesis read, {size} B"),
+            format!("{direct:.0} rec/s ({:.1} MB/s)", mb(direct)),
+            "-".into(),
+            "1.00".into(),
+        ));
 
         let dir = tempfile_dir()?;
         let store = format!("sqlite://{}/relay.db", dir.display());
-        let server = Server::start(&args.bin_dir, &endpoint, &store, &["--batch-size", "10000", "--idle-interval", "200ms", "--session-buffer", "32"]).await?;
+        let server = Server::start(
+            &args.bin_dir,
+            &endpoint,
+            &store,
+            &["--batch-size", "10000", "--idle-interval", "200ms", "--session-buffer", "32"],
+        )
+        .await?;
         let (rust, cpu) = rust_client_read(&server, "relay", total, "rust").await?;
-        rows.push(row("relay", format!("server → Rust client, {size} B"), format!("{rust:.0} rec/s ({:.1} MB/s)", mb(rust)), format!("{direct:.0}"), format!("{:.2}", rust / direct)));
-        rows.push(row("relay", format!("server CPU per million records, {size} B"), format!("{:.2} s", cpu / (total as f64 / 1e6)), "-".into(), "-".into()));
+        rows.push(row(
+            "relay",
+            format!("server → Rust client, {size} B"),
+            format!("{rust:.0} rec/s ({:.1} MB/s)", mb(rust)),
+            format!("{direct:.0}"),
+            format!("{:.2}", rust / direct),
+        ));
+        rows.push(row(
+            "relay",
+            format!("server CPU per million records, {size} B"),
+            format!("{:.2} s", cpu / (total as f64 / 1e6)),
+            "-".into(),
+            "-".into(),
+        ));
 
         let py_script = Path::new("bindings/python/bench.py");
         if args.python.exists() && py_script.exists() {
-            let rps = script_read(Command::new(&args.python).arg(py_script).args(["--endpoint", &server.endpoint, "--app", "python", "--stream", "relay", "--expect", &total.to_string()]))?;
-            rows.push(row("relay", format!("server → Python batch handler, {size} B"), format!("{rps:.0} rec/s"), format!("{direct:.0}"), format!("{:.2}", rps / direct)));
+            let rps = script_read(Command::new(&args.python).arg(py_script).args([
+                "--endpoint",
+                &server.endpoint,
+                "--app",
+                "python",
+                "--stream",
+                "relay",
+                "--expect",
+                &total.to_string(),
+            ]))?;
+            rows.push(row(
+                "relay",
+                format!("server → Python batch handler, {size} B"),
+                format!("{rps:.0} rec/s"),
+                format!("{direct:.0}"),
+                format!("{:.2}", rps / direct),
+            ));
         }
         let node_script = Path::new("bindings/node/bench.js");
         if node_script.exists() {
-            let rps = script_read(Command::new("node").arg(node_script).args(["--endpoint", &server.endpoint, "--app", "node", "--stream", "relay", "--expect", &total.to_string()]))?;
-            rows.push(row("relay", format!("server → Node batch handler, {size} B"), format!("{rps:.0} rec/s"), format!("{direct:.0}"), format!("{:.2}", rps / direct)));
+            let rps = script_read(Command::new("node").arg(node_script).args([
+                "--endpoint",
+                &server.endpoint,
+                "--app",
+                "node",
+                "--stream",
+                "relay",
+                "--expect",
+                &total.to_string(),
+            ]))?;
+            rows.push(row(
+                "relay",
+                format!("server → Node batch handler, {size} B"),
+                format!("{rps:.0} rec/s"),
+                format!("{direct:.0}"),
+                format!("{:.2}", rps / direct),
+            ));
         }
         drop(server);
         source.abort();
@@ -264,7 +319,13 @@ fn tempfile_dir() -> Result<PathBuf> {
 }
 
 async fn create_stream(client: &aws_sdk_kinesis::Client, name: &str, shards: i32) -> Result<()> {
-    client.create_stream().stream_name(name).shard_count(shards).send().await.context("CreateStream on kinesalite (scripts/emulators.sh start)")?;
+    client
+        .create_stream()
+        .stream_name(name)
+        .shard_count(shards)
+        .send()
+        .await
+        .context("CreateStream on kinesalite (scripts/emulators.sh start)")?;
     for _ in 0..300 {
         let d = client.describe_stream_summary().stream_name(name).send().await?;
         if d.stream_description_summary().map(|s| s.stream_status().as_str()) == Some("ACTIVE") {
@@ -287,7 +348,11 @@ async fn put_timed(client: &aws_sdk_kinesis::Client, stream: &str, count: usize,
             .map(|i| {
                 let mut data = format!("{}|{}|", now_ms(), sent + i).into_bytes();
                 data.resize(100, b'.');
-                PutRecordsRequestEntry::builder().partition_key(format!("k{}", sent + i)).data(Blob::new(data)).build().expect("entry")
+                PutRecordsRequestEntry::builder()
+                    .partition_key(format!("k{}", sent + i))
+                    .data(Blob::new(data))
+                    .build()
+                    .expect("entry")
             })
             .collect::<Vec<_>>();
         client.put_records().stream_name(stream).set_records(Some(entries)).send().await?;
@@ -314,9 +379,21 @@ async fn kinesalite(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
     let direct = n as f64 / secs;
     rows.push(row("kinesalite", "direct read, 100 B", format!("{direct:.0} rec/s"), "-".into(), "1.00".into()));
     let dir = tempfile_dir()?;
-    let server = Server::start(&args.bin_dir, &args.kinesalite, &format!("sqlite://{}/k.db", dir.display()), &["--batch-size", "10000", "--idle-interval", "200ms"]).await?;
+    let server = Server::start(
+        &args.bin_dir,
+        &args.kinesalite,
+        &format!("sqlite://{}/k.db", dir.display()),
+        &["--batch-size", "10000", "--idle-interval", "200ms"],
+    )
+    .await?;
     let (through, _) = rust_client_read(&server, &stream, total, "e2e").await?;
-    rows.push(row("kinesalite", "server → Rust client, 100 B", format!("{through:.0} rec/s"), format!("{direct:.0}"), format!("{:.2}", through / direct)));
+    rows.push(row(
+        "kinesalite",
+        "server → Rust client, 100 B",
+        format!("{through:.0} rec/s"),
+        format!("{direct:.0}"),
+        format!("{:.2}", through / direct),
+    ));
 
     // Latency: records put at a steady rate while each reader runs, measured put → handler.
     let lat_stream = format!("latency-{}", now_ms());
@@ -333,7 +410,8 @@ async fn kinesalite(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
     };
     let server_lat = {
         let latencies = Arc::new(Mutex::new(Vec::new()));
-        let options = ConsumerOptions { start: kinesis_butler_client::StartPosition::Latest, ..ConsumerOptions::default() };
+        let options =
+            ConsumerOptions { start: kinesis_butler_client::StartPosition::Latest, ..ConsumerOptions::default() };
         let consumer = Arc::new(Consumer::new(server.endpoint.clone(), "latency", [lat_stream.clone()], options)?);
         let l = latencies.clone();
         let handler = move |batch: Batch| {
@@ -356,7 +434,13 @@ async fn kinesalite(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
     };
     for (p, name) in [(0.5, "p50"), (0.99, "p99")] {
         let (s, d) = (percentile(&server_lat, p), percentile(&direct_lat, p));
-        rows.push(row("kinesalite", format!("put → handler latency {name}"), format!("{s} ms"), format!("{d} ms"), format!("{:.2}", s as f64 / d.max(1) as f64)));
+        rows.push(row(
+            "kinesalite",
+            format!("put → handler latency {name}"),
+            format!("{s} ms"),
+            format!("{d} ms"),
+            format!("{:.2}", s as f64 / d.max(1) as f64),
+        ));
     }
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
@@ -371,12 +455,22 @@ async fn poll_latency(client: aws_sdk_kinesis::Client, stream: String, out: Arc<
     for shard in shards.shards() {
         let (client, stream, shard, out) = (client.clone(), stream.clone(), shard.shard_id().to_owned(), out.clone());
         tasks.push(tokio::spawn(async move {
-            let mut it = client.get_shard_iterator().stream_name(&stream).shard_id(&shard).shard_iterator_type(ShardIteratorType::Latest).send().await?.shard_iterator.unwrap_or_default();
+            let mut it = client
+                .get_shard_iterator()
+                .stream_name(&stream)
+                .shard_id(&shard)
+                .shard_iterator_type(ShardIteratorType::Latest)
+                .send()
+                .await?
+                .shard_iterator
+                .unwrap_or_default();
             loop {
                 let call = Instant::now();
                 let page = client.get_records().shard_iterator(&it).limit(10_000).send().await?;
                 let now = now_ms();
-                out.lock().expect("lat").extend(page.records().iter().filter_map(|r| put_time(r.data().as_ref())).map(|t| now - t));
+                out.lock()
+                    .expect("lat")
+                    .extend(page.records().iter().filter_map(|r| put_time(r.data().as_ref())).map(|t| now - t));
                 it = page.next_shard_iterator.unwrap_or_default();
                 tokio::time::sleep_until((call + Duration::from_millis(200)).into()).await;
             }
@@ -393,10 +487,7 @@ async fn poll_latency(client: aws_sdk_kinesis::Client, stream: String, out: Arc<
 async fn redis_command_count() -> Result<u64> {
     let out = Command::new("redis-cli").args(["-h", "127.0.0.1", "INFO", "commandstats"]).output()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .lines()
-        .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
-        .sum())
+    Ok(text.lines().filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok()).sum())
 }
 
 async fn cost(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
@@ -406,14 +497,18 @@ async fn cost(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
     let prefix = format!("kbbench{}", now_ms());
     let store = format!("redis://127.0.0.1:6379/?prefix={prefix}");
     let server = Server::start(&args.bin_dir, &format!("http://{addr}"), &store, &["--idle-interval", "1s"]).await?;
-    let consumer = Arc::new(Consumer::new(server.endpoint.clone(), "idle", ["idle".to_owned()], ConsumerOptions::default())?);
+    let consumer =
+        Arc::new(Consumer::new(server.endpoint.clone(), "idle", ["idle".to_owned()], ConsumerOptions::default())?);
     let stop = consumer.stop_token();
     let c2 = consumer.clone();
     let run = tokio::spawn(async move { c2.run(|_b: Batch| async { Ok::<(), HandlerError>(()) }).await });
     let mut client = kinesis_butler_proto::butler_client::ButlerClient::connect(server.endpoint.clone()).await?;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let d = client.describe_leases(kinesis_butler_proto::DescribeLeasesRequest { app: "idle".into(), stream: "idle".into() }).await?.into_inner();
+        let d = client
+            .describe_leases(kinesis_butler_proto::DescribeLeasesRequest { app: "idle".into(), stream: "idle".into() })
+            .await?
+            .into_inner();
         if d.leases.iter().filter(|l| !l.owner.is_empty()).count() == shards {
             break;
         }
@@ -429,19 +524,35 @@ async fn cost(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
     tokio::time::sleep(Duration::from_secs_f64(window)).await;
     let ops = (redis_command_count().await? - before) as f64 / window / shards as f64;
     rows.push(row("cost", "server RSS, 1,000 leased shards idle", format!("{rss:.0} MiB"), "-".into(), "-".into()));
-    rows.push(row("cost", "store operations per second per shard (Redis)", format!("{ops:.4}"), "-".into(), "-".into()));
+    rows.push(row(
+        "cost",
+        "store operations per second per shard (Redis)",
+        format!("{ops:.4}"),
+        "-".into(),
+        "-".into(),
+    ));
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), run).await;
     drop(server);
     source.abort();
-    let _ = Command::new("sh").args(["-c", &format!("redis-cli -h 127.0.0.1 --scan --pattern '{prefix}*' | xargs -r redis-cli -h 127.0.0.1 DEL >/dev/null")]).status();
+    let _ = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "redis-cli -h 127.0.0.1 --scan --pattern '{prefix}*' | xargs -r redis-cli -h 127.0.0.1 DEL >/dev/null"
+            ),
+        ])
+        .status();
     Ok(())
 }
 
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())))
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
+        })
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     format!("{cores} cores, {cpu}")
@@ -461,7 +572,10 @@ async fn main() -> Result<()> {
     if want("cost") {
         cost(&args, &mut rows).await?;
     }
-    let mut table = format!("Machine: {}\n\n| section | measurement | value | baseline | ratio |\n|---|---|---|---|---|\n", machine());
+    let mut table = format!(
+        "Machine: {}\n\n| section | measurement | value | baseline | ratio |\n|---|---|---|---|---|\n",
+        machine()
+    );
     for r in &rows {
         table.push_str(&format!("| {} | {} | {} | {} | {} |\n", r.section, r.what, r.value, r.baseline, r.ratio));
     }

@@ -4,9 +4,9 @@
 //! session. All changes of owner go through a compare-and-set on the lease epoch, which
 //! makes the epoch a fencing token: a session may checkpoint only at the epoch it holds.
 
-mod rules;
 pub mod postgres;
 pub mod redis;
+mod rules;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -15,9 +15,14 @@ use async_trait::async_trait;
 
 use crate::seqnum::SequenceNumber;
 
-
 /// The text stored for a shard that was processed to its end.
 pub const SHARD_END: &str = "SHARD_END";
+
+/// How long a session record is kept after it expired before `list_sessions` deletes it.
+/// Records of cleanly closed sessions are deleted at once; this only cleans up after
+/// crashed instances. It is long so that a session whose instance merely lost the store
+/// for a while is still renewed (renewals never re-create a deleted record).
+pub const SESSION_RECORD_RETENTION_MS: i64 = 60 * 60 * 1000;
 
 /// One app reading one stream: the scope of leases, sessions and balancing.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -100,10 +105,9 @@ impl Checkpoint {
             (Checkpoint::ShardEnd, Checkpoint::ShardEnd) => false,
             (Checkpoint::ShardEnd, _) => true,
             (Checkpoint::At { .. }, Checkpoint::ShardEnd) => false,
-            (
-                Checkpoint::At { sequence: a, sub_sequence: sa },
-                Checkpoint::At { sequence: b, sub_sequence: sb },
-            ) => (b, sb) < (a, sa),
+            (Checkpoint::At { sequence: a, sub_sequence: sa }, Checkpoint::At { sequence: b, sub_sequence: sb }) => {
+                (b, sb) < (a, sa)
+            }
         }
     }
 }
@@ -238,12 +242,7 @@ pub trait LeaseStore: Send + Sync + 'static {
 
     /// Extends every lease in `held` still owned at its epoch to `expires_at_ms`, in one
     /// round trip. Returns the shard ids of the leases that were lost.
-    async fn renew(
-        &self,
-        group: &GroupKey,
-        held: &[HeldLease],
-        expires_at_ms: i64,
-    ) -> StoreResult<Vec<String>>;
+    async fn renew(&self, group: &GroupKey, held: &[HeldLease], expires_at_ms: i64) -> StoreResult<Vec<String>>;
 
     /// Gives up a lease held by `owner` at `epoch`. If a handoff was requested it goes to
     /// that session (expiring at `expires_at_ms`), else it becomes free; the epoch is
@@ -258,13 +257,7 @@ pub trait LeaseStore: Send + Sync + 'static {
     ) -> StoreResult<Option<Lease>>;
 
     /// Asks for a live lease to be handed to session `to`, if its epoch is still `epoch`.
-    async fn request_handoff(
-        &self,
-        group: &GroupKey,
-        shard_id: &str,
-        epoch: u64,
-        to: &str,
-    ) -> StoreResult<bool>;
+    async fn request_handoff(&self, group: &GroupKey, shard_id: &str, epoch: u64, to: &str) -> StoreResult<bool>;
 
     /// Stores a checkpoint if `owner` holds the lease at `epoch` and it does not move
     /// backwards.
@@ -281,21 +274,39 @@ pub trait LeaseStore: Send + Sync + 'static {
     async fn put_session(&self, group: &GroupKey, session: &SessionRecord) -> StoreResult<()>;
 
     /// Extends the given sessions to `expires_at_ms` in one round trip.
-    async fn renew_sessions(
-        &self,
-        group: &GroupKey,
-        session_ids: &[String],
-        expires_at_ms: i64,
-    ) -> StoreResult<()>;
+    async fn renew_sessions(&self, group: &GroupKey, session_ids: &[String], expires_at_ms: i64) -> StoreResult<()>;
 
     /// Removes a session and frees every lease it holds (epochs bumped).
     async fn drop_session(&self, group: &GroupKey, session_id: &str) -> StoreResult<()>;
 
-    /// Sessions of the group alive at `now_ms`.
+    /// Sessions of the group alive at `now_ms`. A backend may delete records that
+    /// expired more than [`SESSION_RECORD_RETENTION_MS`] before `now_ms` on the way.
     async fn list_sessions(&self, group: &GroupKey, now_ms: i64) -> StoreResult<Vec<SessionRecord>>;
 
     /// Cheap liveness probe of the backend.
     async fn ping(&self) -> StoreResult<()>;
+}
+
+/// Removes query parameter `name` from a store URL; returns the URL without it and its
+/// value (taken verbatim, not percent-decoded). Backends use it for their own options
+/// (`prefix=…` for Redis, `schema=…` for PostgreSQL) before handing the URL to a driver.
+pub(crate) fn take_query_param(url: &str, name: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let mut value = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|kv| match kv.split_once('=') {
+            Some((k, v)) if k == name => {
+                value = Some(v.to_owned());
+                false
+            }
+            _ => !kv.is_empty(),
+        })
+        .collect();
+    let url = if rest.is_empty() { base.to_owned() } else { format!("{base}?{}", rest.join("&")) };
+    (url, value)
 }
 
 /// Opens the store named by a URL: `sqlite://PATH`, `redis://…`, `rediss://…`,
@@ -312,5 +323,19 @@ pub async fn open(url: &str) -> StoreResult<Arc<dyn LeaseStore>> {
             "unsupported store URL {:?}: use sqlite://PATH, redis://HOST, rediss://HOST or postgres://…",
             crate::redact::redact_url(url)
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::take_query_param;
+
+    #[test]
+    fn takes_query_param() {
+        let t = |u| take_query_param(u, "prefix");
+        assert_eq!(t("redis://h/?prefix=a"), ("redis://h/".into(), Some("a".into())));
+        assert_eq!(t("redis://h/0?x=1&prefix=a&y=2"), ("redis://h/0?x=1&y=2".into(), Some("a".into())));
+        assert_eq!(t("redis://h"), ("redis://h".into(), None));
+        assert_eq!(t("postgres://u@h/db?schema=s"), ("postgres://u@h/db?schema=s".into(), None));
     }
 }

@@ -16,11 +16,10 @@ use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Config, NoTls, Row, Transaction};
 
-use super::redis::take_query_param;
 use super::rules::{acquirable, checkpoint_allowed, released};
 use super::{
-    Checkpoint, GroupKey, HeldLease, Lease, LeaseStore, SessionRecord, ShardInfo, StoreError,
-    StoreResult,
+    take_query_param, Checkpoint, GroupKey, HeldLease, Lease, LeaseStore, SessionRecord, ShardInfo, StoreError,
+    StoreResult, SESSION_RECORD_RETENTION_MS,
 };
 use crate::redact::redact_url;
 
@@ -58,8 +57,7 @@ const POOL_SIZE: usize = 4;
 /// Bound on one operation (including a reconnect).
 const OP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Session settings: bounded statements, and no lock kept by a stalled transaction.
-const SESSION_SETTINGS: &str =
-    "SET statement_timeout = '10s'; SET idle_in_transaction_session_timeout = '20s';";
+const SESSION_SETTINGS: &str = "SET statement_timeout = '10s'; SET idle_in_transaction_session_timeout = '20s';";
 
 /// A lease store in a PostgreSQL database.
 pub struct PostgresStore {
@@ -94,12 +92,8 @@ type OpResult<T> = Result<T, Fail>;
 fn pg_error(e: &tokio_postgres::Error) -> StoreError {
     // Connection, resources, timeouts and shutdown, deadlock or serialization: worth a retry.
     let unavailable = match e.code() {
-        Some(code) => ["08", "53", "57", "40"]
-            .iter()
-            .any(|class| code.code().starts_with(class)),
-        None => {
-            e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
-        }
+        Some(code) => ["08", "53", "57", "40"].iter().any(|class| code.code().starts_with(class)),
+        None => e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
     };
     if unavailable {
         StoreError::Unavailable(format!("postgres: {e}"))
@@ -129,10 +123,7 @@ fn lease_from_row(row: &Row) -> StoreResult<Lease> {
 async fn read_lease(tx: &Transaction<'_>, group: &GroupKey, shard_id: &str) -> OpResult<Lease> {
     let sql =
         format!("SELECT {LEASE_COLUMNS} FROM kb_leases WHERE app = $1 AND stream = $2 AND shard_id = $3 FOR UPDATE");
-    match tx
-        .query_opt(&sql, &[&group.app, &group.stream, &shard_id])
-        .await?
-    {
+    match tx.query_opt(&sql, &[&group.app, &group.stream, &shard_id]).await? {
         Some(row) => Ok(lease_from_row(&row)?),
         None => Err(StoreError::NotFound {
             app: group.app.clone(),
@@ -170,9 +161,8 @@ impl PostgresStore {
     pub async fn open(url: &str) -> StoreResult<Self> {
         let (url, schema) = take_query_param(url, "schema");
         let shown_url = redact_url(&url);
-        let mut config: Config = url
-            .parse()
-            .map_err(|e| StoreError::Backend(format!("bad postgres URL {shown_url}: {e}")))?;
+        let mut config: Config =
+            url.parse().map_err(|e| StoreError::Backend(format!("bad postgres URL {shown_url}: {e}")))?;
         if config.get_ssl_mode() == SslMode::Require {
             return Err(StoreError::Backend(format!(
                 "postgres store {shown_url}: TLS (sslmode=require) is not supported yet; use sslmode=disable or prefer"
@@ -189,22 +179,14 @@ impl PostgresStore {
             slots: (0..POOL_SIZE).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
         };
-        let create_schema = store
-            .schema
-            .as_ref()
-            .map(|s| format!("CREATE SCHEMA IF NOT EXISTS {s};"));
+        let create_schema = store.schema.as_ref().map(|s| format!("CREATE SCHEMA IF NOT EXISTS {s};"));
         store
             .timed(async {
                 let mut c = store.client().await?;
                 let tx = c.transaction().await?;
                 // Serializes concurrent first starts: CREATE … IF NOT EXISTS can race.
-                tx.execute("SELECT pg_advisory_xact_lock(4242674241)", &[])
-                    .await?;
-                tx.batch_execute(&format!(
-                    "{}{SCHEMA}",
-                    create_schema.as_deref().unwrap_or_default()
-                ))
-                .await?;
+                tx.execute("SELECT pg_advisory_xact_lock(4242674241)", &[]).await?;
+                tx.batch_execute(&format!("{}{SCHEMA}", create_schema.as_deref().unwrap_or_default())).await?;
                 Ok(tx.commit().await?)
             })
             .await?;
@@ -226,15 +208,9 @@ impl PostgresStore {
                 tracing::warn!("postgres lease store connection closed: {e}");
             }
         });
-        let search_path = self
-            .schema
-            .as_ref()
-            .map(|s| format!("SET search_path TO {s};"));
+        let search_path = self.schema.as_ref().map(|s| format!("SET search_path TO {s};"));
         client
-            .batch_execute(&format!(
-                "{SESSION_SETTINGS}{}",
-                search_path.unwrap_or_default()
-            ))
+            .batch_execute(&format!("{SESSION_SETTINGS}{}", search_path.unwrap_or_default()))
             .await
             .map_err(on_err)?;
         Ok(client)
@@ -252,9 +228,7 @@ impl PostgresStore {
         if slot.as_ref().is_none_or(Client::is_closed) {
             *slot = Some(self.connect().await?);
         }
-        Ok(MutexGuard::map(slot, |c| {
-            c.as_mut().expect("connected above")
-        }))
+        Ok(MutexGuard::map(slot, |c| c.as_mut().expect("connected above")))
     }
 
     /// Runs one operation with a time bound.
@@ -275,13 +249,9 @@ impl PostgresStore {
 impl LeaseStore for PostgresStore {
     async fn sync_shards(&self, group: &GroupKey, shards: &[ShardInfo]) -> StoreResult<()> {
         // One row per shard id: an upsert may not touch a row twice.
-        let unique: BTreeMap<&str, &ShardInfo> =
-            shards.iter().map(|s| (s.shard_id.as_str(), s)).collect();
+        let unique: BTreeMap<&str, &ShardInfo> = shards.iter().map(|s| (s.shard_id.as_str(), s)).collect();
         let ids: Vec<&str> = unique.keys().copied().collect();
-        let parents: Vec<String> = unique
-            .values()
-            .map(|s| s.parent_shard_ids.join(","))
-            .collect();
+        let parents: Vec<String> = unique.values().map(|s| s.parent_shard_ids.join(",")).collect();
         let closed: Vec<bool> = unique.values().map(|s| s.closed).collect();
         self.timed(async {
             let c = self.client().await?;
@@ -304,10 +274,7 @@ impl LeaseStore for PostgresStore {
         self.timed(async {
             let c = self.client().await?;
             let rows = c.query(&sql, &[&group.app, &group.stream]).await?;
-            Ok(rows
-                .iter()
-                .map(lease_from_row)
-                .collect::<StoreResult<_>>()?)
+            Ok(rows.iter().map(lease_from_row).collect::<StoreResult<_>>()?)
         })
         .await
     }
@@ -339,12 +306,7 @@ impl LeaseStore for PostgresStore {
         .await
     }
 
-    async fn renew(
-        &self,
-        group: &GroupKey,
-        held: &[HeldLease],
-        expires_at_ms: i64,
-    ) -> StoreResult<Vec<String>> {
+    async fn renew(&self, group: &GroupKey, held: &[HeldLease], expires_at_ms: i64) -> StoreResult<Vec<String>> {
         if held.is_empty() {
             return Ok(Vec::new());
         }
@@ -367,11 +329,7 @@ impl LeaseStore for PostgresStore {
                 Ok(rows.iter().map(|r| r.get(0)).collect())
             })
             .await?;
-        Ok(held
-            .iter()
-            .filter(|h| !renewed.contains(&h.shard_id))
-            .map(|h| h.shard_id.clone())
-            .collect())
+        Ok(held.iter().filter(|h| !renewed.contains(&h.shard_id)).map(|h| h.shard_id.clone()).collect())
     }
 
     async fn release(
@@ -396,13 +354,7 @@ impl LeaseStore for PostgresStore {
         .await
     }
 
-    async fn request_handoff(
-        &self,
-        group: &GroupKey,
-        shard_id: &str,
-        epoch: u64,
-        to: &str,
-    ) -> StoreResult<bool> {
+    async fn request_handoff(&self, group: &GroupKey, shard_id: &str, epoch: u64, to: &str) -> StoreResult<bool> {
         self.timed(async {
             let c = self.client().await?;
             let n = c
@@ -455,12 +407,7 @@ impl LeaseStore for PostgresStore {
         .await
     }
 
-    async fn renew_sessions(
-        &self,
-        group: &GroupKey,
-        session_ids: &[String],
-        expires_at_ms: i64,
-    ) -> StoreResult<()> {
+    async fn renew_sessions(&self, group: &GroupKey, session_ids: &[String], expires_at_ms: i64) -> StoreResult<()> {
         if session_ids.is_empty() {
             return Ok(());
         }
@@ -498,18 +445,15 @@ impl LeaseStore for PostgresStore {
         .await
     }
 
-    async fn list_sessions(
-        &self,
-        group: &GroupKey,
-        now_ms: i64,
-    ) -> StoreResult<Vec<SessionRecord>> {
+    async fn list_sessions(&self, group: &GroupKey, now_ms: i64) -> StoreResult<Vec<SessionRecord>> {
         self.timed(async {
             let c = self.client().await?;
             let rows = c
                 .query(
-                    "SELECT session_id, instance_id, client_name, expires_at_ms FROM kb_sessions
+                    "WITH stale AS (DELETE FROM kb_sessions WHERE app = $1 AND stream = $2 AND expires_at_ms < $4)
+                     SELECT session_id, instance_id, client_name, expires_at_ms FROM kb_sessions
                      WHERE app = $1 AND stream = $2 AND expires_at_ms > $3 ORDER BY session_id",
-                    &[&group.app, &group.stream, &now_ms],
+                    &[&group.app, &group.stream, &now_ms, &now_ms.saturating_sub(SESSION_RECORD_RETENTION_MS)],
                 )
                 .await?;
             Ok(rows
@@ -526,7 +470,6 @@ impl LeaseStore for PostgresStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        self.timed(async { Ok(self.client().await?.batch_execute("SELECT 1").await?) })
-            .await
+        self.timed(async { Ok(self.client().await?.batch_execute("SELECT 1").await?) }).await
     }
 }

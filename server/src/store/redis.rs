@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use super::rules::checkpoint_allowed;
 use super::{
-    Checkpoint, GroupKey, HeldLease, Lease, LeaseStore, SessionRecord, ShardInfo, StoreError,
-    StoreResult,
+    take_query_param, Checkpoint, GroupKey, HeldLease, Lease, LeaseStore, SessionRecord, ShardInfo, StoreError,
+    StoreResult, SESSION_RECORD_RETENTION_MS,
 };
 use crate::redact::redact_url;
 
@@ -155,8 +155,14 @@ end
 return 1
 "#;
 
-/// KEYS: sessions, session_expiry. ARGV: now. Returns (id, expiry, info)*.
+/// KEYS: sessions, session_expiry. ARGV: now, cutoff. Deletes (a bounded number of)
+/// records that expired before the cutoff. Returns (id, expiry, info)*.
 const LIST_SESSIONS: &str = r#"
+local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2], 'LIMIT', 0, 100)
+if #stale > 0 then
+  redis.call('HDEL', KEYS[1], unpack(stale))
+  redis.call('ZREM', KEYS[2], unpack(stale))
+end
 local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'WITHSCORES')
 local out = {}
 for i = 1, #ids, 2 do
@@ -233,31 +239,6 @@ struct StoredSession {
     client_name: String,
 }
 
-/// Removes query parameter `name` from `url`; returns the URL without it and its value
-/// (taken verbatim, not percent-decoded).
-pub(super) fn take_query_param(url: &str, name: &str) -> (String, Option<String>) {
-    let Some((base, query)) = url.split_once('?') else {
-        return (url.to_owned(), None);
-    };
-    let mut value = None;
-    let rest: Vec<&str> = query
-        .split('&')
-        .filter(|kv| match kv.split_once('=') {
-            Some((k, v)) if k == name => {
-                value = Some(v.to_owned());
-                false
-            }
-            _ => !kv.is_empty(),
-        })
-        .collect();
-    let url = if rest.is_empty() {
-        base.to_owned()
-    } else {
-        format!("{base}?{}", rest.join("&"))
-    };
-    (url, value)
-}
-
 fn redis_err(e: RedisError) -> StoreError {
     if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
         StoreError::Unavailable(e.to_string())
@@ -279,23 +260,14 @@ fn decode_lease(shard_id: &str, json: &str) -> StoreResult<Lease> {
         epoch: s.epoch.parse().map_err(|e| corrupt("epoch", e))?,
         expires_at_ms: s.expires.parse().map_err(|e| corrupt("expiry", e))?,
         checkpoint: Checkpoint::from_stored(&s.checkpoint, sub)?,
-        parent_shard_ids: s
-            .parents
-            .split(',')
-            .filter(|p| !p.is_empty())
-            .map(str::to_owned)
-            .collect(),
+        parent_shard_ids: s.parents.split(',').filter(|p| !p.is_empty()).map(str::to_owned).collect(),
         closed: s.closed == "1",
         handoff_to: s.handoff,
     })
 }
 
 fn not_found(group: &GroupKey, shard_id: &str) -> StoreError {
-    StoreError::NotFound {
-        app: group.app.clone(),
-        stream: group.stream.clone(),
-        shard_id: shard_id.to_owned(),
-    }
+    StoreError::NotFound { app: group.app.clone(), stream: group.stream.clone(), shard_id: shard_id.to_owned() }
 }
 
 /// Reads an `{'ok', lease}` / `{'none'}` / `{'notfound'}` script reply.
@@ -304,9 +276,7 @@ fn lease_reply(group: &GroupKey, shard_id: &str, reply: &[String]) -> StoreResul
         [kind, json] if kind == "ok" => decode_lease(shard_id, json).map(Some),
         [kind] if kind == "none" => Ok(None),
         [kind] if kind == "notfound" => Err(not_found(group, shard_id)),
-        other => Err(StoreError::Backend(format!(
-            "unexpected script reply {other:?}"
-        ))),
+        other => Err(StoreError::Backend(format!("unexpected script reply {other:?}"))),
     }
 }
 
@@ -317,9 +287,7 @@ impl RedisStore {
         let (url, prefix) = take_query_param(url, "prefix");
         let prefix = prefix.unwrap_or_default();
         if prefix.contains(['{', '}']) {
-            return Err(StoreError::Backend(
-                "redis key prefix must not contain braces".into(),
-            ));
+            return Err(StoreError::Backend("redis key prefix must not contain braces".into()));
         }
         let shown = redact_url(&url);
         let client = redis::Client::open(url.as_str())
@@ -328,32 +296,16 @@ impl RedisStore {
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(10)))
             .set_number_of_retries(3);
-        let conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(|e| match redis_err(e) {
-                StoreError::Unavailable(m) => {
-                    StoreError::Unavailable(format!("cannot connect to {shown}: {m}"))
-                }
-                StoreError::Backend(m) => {
-                    StoreError::Backend(format!("cannot connect to {shown}: {m}"))
-                }
-                other => other,
-            })?;
-        Ok(Self {
-            conn,
-            prefix,
-            scripts: Scripts::new(),
-        })
+        let conn = ConnectionManager::new_with_config(client, config).await.map_err(|e| match redis_err(e) {
+            StoreError::Unavailable(m) => StoreError::Unavailable(format!("cannot connect to {shown}: {m}")),
+            StoreError::Backend(m) => StoreError::Backend(format!("cannot connect to {shown}: {m}")),
+            other => other,
+        })?;
+        Ok(Self { conn, prefix, scripts: Scripts::new() })
     }
 
     fn keys(&self, group: &GroupKey) -> Keys {
-        let base = format!(
-            "{}{{kb:{}:{}:{}}}",
-            self.prefix,
-            group.app.len(),
-            group.app,
-            group.stream
-        );
+        let base = format!("{}{{kb:{}:{}:{}}}", self.prefix, group.app.len(), group.app, group.stream);
         Keys {
             leases: format!("{base}:leases"),
             sessions: format!("{base}:sessions"),
@@ -374,13 +326,9 @@ impl LeaseStore for RedisStore {
         }
         let mut call = self.scripts.sync.key(self.keys(group).leases);
         for s in shards {
-            call.arg(&s.shard_id)
-                .arg(s.parent_shard_ids.join(","))
-                .arg(if s.closed { "1" } else { "0" });
+            call.arg(&s.shard_id).arg(s.parent_shard_ids.join(",")).arg(if s.closed { "1" } else { "0" });
         }
-        call.invoke_async::<()>(&mut self.conn())
-            .await
-            .map_err(redis_err)
+        call.invoke_async::<()>(&mut self.conn()).await.map_err(redis_err)
     }
 
     async fn list_leases(&self, group: &GroupKey) -> StoreResult<Vec<Lease>> {
@@ -389,10 +337,7 @@ impl LeaseStore for RedisStore {
             .query_async(&mut self.conn())
             .await
             .map_err(redis_err)?;
-        let mut leases = all
-            .iter()
-            .map(|(shard, json)| decode_lease(shard, json))
-            .collect::<StoreResult<Vec<_>>>()?;
+        let mut leases = all.iter().map(|(shard, json)| decode_lease(shard, json)).collect::<StoreResult<Vec<_>>>()?;
         leases.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
         Ok(leases)
     }
@@ -421,12 +366,7 @@ impl LeaseStore for RedisStore {
         lease_reply(group, shard_id, &reply)
     }
 
-    async fn renew(
-        &self,
-        group: &GroupKey,
-        held: &[HeldLease],
-        expires_at_ms: i64,
-    ) -> StoreResult<Vec<String>> {
+    async fn renew(&self, group: &GroupKey, held: &[HeldLease], expires_at_ms: i64) -> StoreResult<Vec<String>> {
         if held.is_empty() {
             return Ok(Vec::new());
         }
@@ -460,13 +400,7 @@ impl LeaseStore for RedisStore {
         lease_reply(group, shard_id, &reply)
     }
 
-    async fn request_handoff(
-        &self,
-        group: &GroupKey,
-        shard_id: &str,
-        epoch: u64,
-        to: &str,
-    ) -> StoreResult<bool> {
+    async fn request_handoff(&self, group: &GroupKey, shard_id: &str, epoch: u64, to: &str) -> StoreResult<bool> {
         let n: i64 = self
             .scripts
             .handoff
@@ -505,20 +439,10 @@ impl LeaseStore for RedisStore {
             [kind] if kind == "notfound" => Err(not_found(group, shard_id)),
             // The script refused: let the shared rules name the reason.
             [kind, json] if kind == "rejected" => {
-                checkpoint_allowed(
-                    group,
-                    &decode_lease(shard_id, json)?,
-                    owner,
-                    epoch,
-                    checkpoint,
-                )?;
-                Err(StoreError::Backend(format!(
-                    "redis refused checkpoint of shard {shard_id} that the rules allow"
-                )))
+                checkpoint_allowed(group, &decode_lease(shard_id, json)?, owner, epoch, checkpoint)?;
+                Err(StoreError::Backend(format!("redis refused checkpoint of shard {shard_id} that the rules allow")))
             }
-            other => Err(StoreError::Backend(format!(
-                "unexpected script reply {other:?}"
-            ))),
+            other => Err(StoreError::Backend(format!("unexpected script reply {other:?}"))),
         }
     }
 
@@ -533,23 +457,14 @@ impl LeaseStore for RedisStore {
             .atomic()
             .hset(&keys.sessions, &session.session_id, info)
             .ignore()
-            .zadd(
-                &keys.session_expiry,
-                &session.session_id,
-                session.expires_at_ms,
-            )
+            .zadd(&keys.session_expiry, &session.session_id, session.expires_at_ms)
             .ignore()
             .query_async::<()>(&mut self.conn())
             .await
             .map_err(redis_err)
     }
 
-    async fn renew_sessions(
-        &self,
-        group: &GroupKey,
-        session_ids: &[String],
-        expires_at_ms: i64,
-    ) -> StoreResult<()> {
+    async fn renew_sessions(&self, group: &GroupKey, session_ids: &[String], expires_at_ms: i64) -> StoreResult<()> {
         if session_ids.is_empty() {
             return Ok(());
         }
@@ -558,9 +473,7 @@ impl LeaseStore for RedisStore {
         for id in session_ids {
             cmd.arg(expires_at_ms).arg(id);
         }
-        cmd.query_async::<()>(&mut self.conn())
-            .await
-            .map_err(redis_err)
+        cmd.query_async::<()>(&mut self.conn()).await.map_err(redis_err)
     }
 
     async fn drop_session(&self, group: &GroupKey, session_id: &str) -> StoreResult<()> {
@@ -576,11 +489,7 @@ impl LeaseStore for RedisStore {
             .map_err(redis_err)
     }
 
-    async fn list_sessions(
-        &self,
-        group: &GroupKey,
-        now_ms: i64,
-    ) -> StoreResult<Vec<SessionRecord>> {
+    async fn list_sessions(&self, group: &GroupKey, now_ms: i64) -> StoreResult<Vec<SessionRecord>> {
         let keys = self.keys(group);
         let flat: Vec<String> = self
             .scripts
@@ -588,14 +497,14 @@ impl LeaseStore for RedisStore {
             .key(keys.sessions)
             .key(keys.session_expiry)
             .arg(now_ms)
+            .arg(now_ms.saturating_sub(SESSION_RECORD_RETENTION_MS))
             .invoke_async(&mut self.conn())
             .await
             .map_err(redis_err)?;
         let mut sessions = flat
             .chunks_exact(3)
             .map(|c| {
-                let info: StoredSession =
-                    serde_json::from_str(&c[2]).map_err(|e| corrupt("session", e))?;
+                let info: StoredSession = serde_json::from_str(&c[2]).map_err(|e| corrupt("session", e))?;
                 let expires: f64 = c[1].parse().map_err(|e| corrupt("session expiry", e))?;
                 Ok(SessionRecord {
                     session_id: c[0].clone(),
@@ -610,28 +519,6 @@ impl LeaseStore for RedisStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        redis::cmd("PING")
-            .query_async::<()>(&mut self.conn())
-            .await
-            .map_err(redis_err)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::take_query_param;
-
-    #[test]
-    fn takes_query_param() {
-        let t = |u| take_query_param(u, "prefix");
-        assert_eq!(
-            t("redis://h/?prefix=a"),
-            ("redis://h/".into(), Some("a".into()))
-        );
-        assert_eq!(
-            t("redis://h/0?x=1&prefix=a&y=2"),
-            ("redis://h/0?x=1&y=2".into(), Some("a".into()))
-        );
-        assert_eq!(t("redis://h"), ("redis://h".into(), None));
+        redis::cmd("PING").query_async::<()>(&mut self.conn()).await.map_err(redis_err)
     }
 }

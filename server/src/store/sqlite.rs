@@ -10,10 +10,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::rules::{acquirable, checkpoint_allowed, released};
-use super::{
-    Checkpoint, GroupKey, HeldLease, Lease, LeaseStore, SessionRecord, ShardInfo, StoreError,
-    StoreResult,
-};
+use super::{Checkpoint, GroupKey, HeldLease, Lease, LeaseStore, SessionRecord, ShardInfo, StoreError, StoreResult};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS leases (
@@ -54,8 +51,7 @@ impl SqliteStore {
     pub async fn open(path: &str) -> StoreResult<Self> {
         let path = path.to_owned();
         let conn = tokio::task::spawn_blocking(move || -> StoreResult<Connection> {
-            let conn = Connection::open(&path)
-                .map_err(|e| StoreError::Backend(format!("cannot open {path}: {e}")))?;
+            let conn = Connection::open(&path).map_err(|e| StoreError::Backend(format!("cannot open {path}: {e}")))?;
             conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
             conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
             conn.pragma_update(None, "synchronous", "NORMAL").map_err(backend)?;
@@ -230,12 +226,7 @@ impl LeaseStore for SqliteStore {
         .await
     }
 
-    async fn renew(
-        &self,
-        group: &GroupKey,
-        held: &[HeldLease],
-        expires_at_ms: i64,
-    ) -> StoreResult<Vec<String>> {
+    async fn renew(&self, group: &GroupKey, held: &[HeldLease], expires_at_ms: i64) -> StoreResult<Vec<String>> {
         let group = group.clone();
         let held = held.to_vec();
         self.in_tx(move |tx| {
@@ -279,13 +270,7 @@ impl LeaseStore for SqliteStore {
         .await
     }
 
-    async fn request_handoff(
-        &self,
-        group: &GroupKey,
-        shard_id: &str,
-        epoch: u64,
-        to: &str,
-    ) -> StoreResult<bool> {
+    async fn request_handoff(&self, group: &GroupKey, shard_id: &str, epoch: u64, to: &str) -> StoreResult<bool> {
         let (group, shard_id, to) = (group.clone(), shard_id.to_owned(), to.to_owned());
         self.in_tx(move |tx| {
             let n = tx
@@ -336,12 +321,7 @@ impl LeaseStore for SqliteStore {
         .await
     }
 
-    async fn renew_sessions(
-        &self,
-        group: &GroupKey,
-        session_ids: &[String],
-        expires_at_ms: i64,
-    ) -> StoreResult<()> {
+    async fn renew_sessions(&self, group: &GroupKey, session_ids: &[String], expires_at_ms: i64) -> StoreResult<()> {
         let (group, ids) = (group.clone(), session_ids.to_vec());
         self.in_tx(move |tx| {
             let mut stmt = tx

@@ -2,9 +2,14 @@
 //! client. Every wait is bounded.
 #![allow(dead_code)]
 
+pub mod driver;
+pub mod fault_proxy;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::TcpListener;
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -148,7 +153,24 @@ impl TestServer {
     }
 
     pub async fn start_on(port: u16, store: &str, emulator: Emulator, extra: &[&str]) -> Result<Self> {
+        Self::spawn(port, store, emulator, extra, None).await
+    }
+
+    /// Like `start`, with the server's log (stderr, at `info` unless `KB_TEST_LOG` says
+    /// otherwise) written to the file `log`, for tests that check what it reports.
+    pub async fn start_logged(store: &str, emulator: Emulator, extra: &[&str], log: &Path) -> Result<Self> {
+        Self::spawn(free_port(), store, emulator, extra, Some(log)).await
+    }
+
+    async fn spawn(port: u16, store: &str, emulator: Emulator, extra: &[&str], log: Option<&Path>) -> Result<Self> {
         let listen = format!("127.0.0.1:{port}");
+        let default_level = if log.is_some() { "info" } else { "warn" };
+        let stderr = match log {
+            Some(path) => {
+                Stdio::from(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?)
+            }
+            None => Stdio::inherit(),
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_kinesis-butler"))
             .args(["--listen", &listen, "--store", store])
             .args(["--balance-interval", "200ms", "--idle-interval", "100ms", "--handoff-grace", "2s"])
@@ -157,8 +179,9 @@ impl TestServer {
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ENDPOINT_URL_KINESIS", emulator.endpoint())
-            .env("RUST_LOG", std::env::var("KB_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env("RUST_LOG", std::env::var("KB_TEST_LOG").unwrap_or_else(|_| default_level.into()))
             .stdin(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .context("spawning kinesis-butler")?;
         let mut server = TestServer { addr: format!("http://{listen}"), child };
@@ -195,6 +218,73 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A shared lease store of one test: a Redis key prefix or a PostgreSQL schema of its
+/// own on the servers every test uses (127.0.0.1:6379, 127.0.0.1:5432 database `test`).
+#[derive(Clone, Debug)]
+pub enum TestStore {
+    Redis { prefix: String },
+    Postgres { schema: String },
+}
+
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379/";
+pub const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+impl TestStore {
+    pub fn redis() -> Self {
+        TestStore::Redis { prefix: format!("kbt_{}", uuid::Uuid::new_v4().simple()) }
+    }
+
+    pub fn postgres() -> Self {
+        TestStore::Postgres { schema: format!("kbt_{}", uuid::Uuid::new_v4().simple()) }
+    }
+
+    /// The `--store` URL.
+    pub fn url(&self) -> String {
+        match self {
+            TestStore::Redis { prefix } => format!("{REDIS_URL}?prefix={prefix}"),
+            TestStore::Postgres { schema } => format!("{POSTGRES_URL}?schema={schema}"),
+        }
+    }
+
+    /// Deletes the test's keys or schema.
+    pub async fn cleanup(&self) -> Result<()> {
+        within(30, "store cleanup", async {
+            match self {
+                TestStore::Redis { prefix } => {
+                    let client = redis::Client::open(REDIS_URL)?;
+                    let mut conn = client.get_multiplexed_async_connection().await?;
+                    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await?;
+                    if !keys.is_empty() {
+                        redis::cmd("DEL").arg(keys).query_async::<()>(&mut conn).await?;
+                    }
+                }
+                TestStore::Postgres { schema } => {
+                    let (client, conn) = tokio_postgres::connect(POSTGRES_URL, tokio_postgres::NoTls).await?;
+                    tokio::spawn(conn);
+                    client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await?;
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+        .await?
+    }
+
+    /// Runs a test body, then cleans up, also when the body failed or panicked.
+    pub async fn run<T>(&self, body: impl Future<Output = Result<T>>) -> Result<T> {
+        use futures::FutureExt;
+        let outcome = AssertUnwindSafe(body).catch_unwind().await;
+        let cleaned = self.cleanup().await;
+        match outcome {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(result) => {
+                let value = result?;
+                cleaned?;
+                Ok(value)
+            }
+        }
     }
 }
 
@@ -249,5 +339,210 @@ impl RawSession {
         })
         .await??;
         Ok(got)
+    }
+}
+
+/// Every lease and live session of one app and stream.
+pub async fn describe(
+    client: &mut ButlerClient<Channel>,
+    app: &str,
+    stream: &str,
+) -> Result<pb::DescribeLeasesResponse> {
+    let req = pb::DescribeLeasesRequest { app: app.into(), stream: stream.into() };
+    Ok(within(10, "DescribeLeases", client.describe_leases(req)).await??.into_inner())
+}
+
+/// Polls `check` every 50 ms until it returns true. Only for server state that no
+/// event announces (e.g. a lease freed after a session closed); bounded by `secs`.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    within(secs, what, async {
+        loop {
+            if check().await? {
+                return Ok::<_, anyhow::Error>(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await?
+}
+
+/// Helpers for tests of the Rust client library (`kinesis-butler-client`).
+pub mod client {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use anyhow::Result;
+    use futures::future::BoxFuture;
+    use kinesis_butler_client::{
+        BackoffSettings, Batch, Consumer, ConsumerOptions, Handler, HandlerError, ShardInfo, StopReason,
+    };
+    use tokio::sync::watch;
+    use tokio::task::JoinHandle;
+
+    use super::within;
+
+    /// One batch as a handler saw it.
+    #[derive(Clone, Debug)]
+    pub struct Seen {
+        /// Which consumer (test label).
+        pub consumer: String,
+        pub shard_id: String,
+        pub attempt: u32,
+        pub sequences: Vec<String>,
+        pub data: Vec<Vec<u8>>,
+    }
+
+    /// A shard start or stop hook call.
+    #[derive(Clone, Debug)]
+    pub enum ShardEvent {
+        Started { consumer: String, shard: ShardInfo },
+        Stopped { consumer: String, shard: ShardInfo, reason: StopReason },
+    }
+
+    /// What handlers saw, shared between consumers of one test; waiters wake on change.
+    #[derive(Clone)]
+    pub struct Journal {
+        batches: Arc<Mutex<Vec<Seen>>>,
+        events: Arc<Mutex<Vec<ShardEvent>>>,
+        changed: Arc<watch::Sender<u64>>,
+    }
+
+    impl Default for Journal {
+        fn default() -> Self {
+            Self { batches: Arc::default(), events: Arc::default(), changed: Arc::new(watch::channel(0).0) }
+        }
+    }
+
+    impl Journal {
+        /// Notes a batch `consumer`'s handler finished successfully.
+        pub fn saw(&self, consumer: &str, batch: &Batch) {
+            self.batches.lock().unwrap().push(Seen {
+                consumer: consumer.into(),
+                shard_id: batch.shard_id().into(),
+                attempt: batch.attempt(),
+                sequences: batch.records().iter().map(|r| r.sequence_number.clone()).collect(),
+                data: batch.records().iter().map(|r| r.data.clone()).collect(),
+            });
+            self.changed.send_modify(|n| *n += 1);
+        }
+
+        /// Notes a hook call.
+        pub fn event(&self, event: ShardEvent) {
+            self.events.lock().unwrap().push(event);
+            self.changed.send_modify(|n| *n += 1);
+        }
+
+        /// Wakes waiters (after a handler finished, for conditions on "handled").
+        pub fn touch(&self) {
+            self.changed.send_modify(|n| *n += 1);
+        }
+
+        pub fn batches(&self) -> Vec<Seen> {
+            self.batches.lock().unwrap().clone()
+        }
+
+        pub fn events(&self) -> Vec<ShardEvent> {
+            self.events.lock().unwrap().clone()
+        }
+
+        /// Waits (bounded) until `done` holds for the journal; re-checked on every change.
+        pub async fn wait_until(&self, secs: u64, what: &str, done: impl Fn(&Journal) -> bool) -> Result<()> {
+            let mut rx = self.changed.subscribe();
+            within(secs, what, async {
+                loop {
+                    rx.borrow_and_update();
+                    if done(self) {
+                        return;
+                    }
+                    if rx.changed().await.is_err() {
+                        return;
+                    }
+                }
+            })
+            .await
+        }
+    }
+
+    /// Client logs on stderr when `KB_CLIENT_LOG` is set (e.g. `kinesis_butler_client=debug`).
+    pub fn init_client_logs() {
+        if let Ok(filter) = std::env::var("KB_CLIENT_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+    }
+
+    /// Options for tests: fast retries and reconnects, a recognisable name.
+    pub fn test_options(name: &str, batch: u32) -> ConsumerOptions {
+        init_client_logs();
+        ConsumerOptions {
+            client_name: name.into(),
+            max_records_per_batch: batch,
+            retry_backoff: BackoffSettings { initial: Duration::from_millis(10), max: Duration::from_millis(100) },
+            reconnect_backoff: BackoffSettings { initial: Duration::from_millis(50), max: Duration::from_millis(500) },
+            shutdown_timeout: Duration::from_secs(10),
+            ..ConsumerOptions::default()
+        }
+    }
+
+    /// What a test handler does before its batch counts as handled.
+    pub type Work = Arc<dyn Fn(Batch) -> BoxFuture<'static, Result<(), HandlerError>> + Send + Sync>;
+
+    /// Work that succeeds at once.
+    pub fn no_work() -> Work {
+        Arc::new(|_| Box::pin(async { Ok(()) }))
+    }
+
+    /// A test handler: runs `work`; on success notes the batch in the journal. Its
+    /// hooks note shard starts and stops.
+    pub struct Recorder {
+        pub consumer: String,
+        pub journal: Journal,
+        pub work: Work,
+    }
+
+    impl Handler for Recorder {
+        fn handle(&self, batch: Batch) -> BoxFuture<'static, Result<(), HandlerError>> {
+            let work = (self.work)(batch.clone());
+            let (journal, consumer) = (self.journal.clone(), self.consumer.clone());
+            Box::pin(async move {
+                work.await?;
+                journal.saw(&consumer, &batch);
+                Ok(())
+            })
+        }
+
+        fn shard_started(&self, shard: &ShardInfo) -> BoxFuture<'static, ()> {
+            self.journal.event(ShardEvent::Started { consumer: self.consumer.clone(), shard: shard.clone() });
+            Box::pin(async {})
+        }
+
+        fn shard_stopped(&self, shard: &ShardInfo, reason: StopReason) -> BoxFuture<'static, ()> {
+            self.journal.event(ShardEvent::Stopped { consumer: self.consumer.clone(), shard: shard.clone(), reason });
+            Box::pin(async {})
+        }
+    }
+
+    /// Runs a consumer in a task.
+    pub fn spawn(
+        consumer: &Arc<Consumer>,
+        handler: impl Handler,
+    ) -> JoinHandle<Result<(), kinesis_butler_client::Error>> {
+        let consumer = consumer.clone();
+        tokio::spawn(async move { consumer.run(handler).await })
+    }
+
+    /// Stops a consumer and waits (bounded) for its `run` to return.
+    pub async fn stop(
+        consumer: &Consumer,
+        task: JoinHandle<Result<(), kinesis_butler_client::Error>>,
+    ) -> Result<Result<(), kinesis_butler_client::Error>> {
+        consumer.stop();
+        Ok(within(30, "consumer to stop", task).await??)
     }
 }

@@ -1,0 +1,393 @@
+//! Node.js bindings of the Kinesis Butler client (napi-rs): the native half of the npm
+//! package `kinesis-butler`, wrapped by `index.js`.
+//!
+//! Everything about the protocol, retries and checkpoints lives in
+//! `kinesis-butler-client`; this crate only adapts it: a JavaScript function as the
+//! handler (called on the JS thread through a threadsafe function; its Promise is awaited
+//! without blocking anything), batches as objects with `Buffer` payloads, an options
+//! object, and errors as plain `{ kind, message, … }` values that `index.js` turns into
+//! `Error` subclasses with a `code`.
+
+#![deny(clippy::all)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use kinesis_butler_client as kb;
+use napi::bindgen_prelude::*;
+use napi::threadsafe_function::ThreadsafeFunction;
+use napi_derive::napi;
+
+pub mod logging;
+
+/// An error of the client, as `index.js` receives it (it throws the matching class).
+#[napi(object)]
+pub struct ErrorInfo {
+    /// `connection`, `lease_lost`, `handler`, `invalid_argument`, `not_found`,
+    /// `unauthenticated`, `stopped`, `server`.
+    pub kind: String,
+    pub message: String,
+    pub endpoint: Option<String>,
+    pub stream: Option<String>,
+    pub shard_id: Option<String>,
+    pub lease_epoch: Option<i64>,
+    pub attempts: Option<u32>,
+    /// The gRPC status code of a `server` error.
+    pub grpc_code: Option<String>,
+}
+
+impl From<kb::Error> for ErrorInfo {
+    fn from(error: kb::Error) -> Self {
+        let mut info = ErrorInfo {
+            kind: error.kind().as_str().to_owned(),
+            message: error.to_string(),
+            endpoint: None,
+            stream: None,
+            shard_id: None,
+            lease_epoch: None,
+            attempts: None,
+            grpc_code: None,
+        };
+        match error {
+            kb::Error::Connection { endpoint, .. } => info.endpoint = Some(endpoint),
+            kb::Error::LeaseLost { stream, shard_id, epoch, .. } => {
+                info.stream = Some(stream);
+                info.shard_id = Some(shard_id);
+                info.lease_epoch = Some(epoch as i64);
+            }
+            kb::Error::Handler { stream, shard_id, attempts, .. } => {
+                info.stream = Some(stream);
+                info.shard_id = Some(shard_id);
+                info.attempts = Some(attempts);
+            }
+            kb::Error::Server { code, .. } => info.grpc_code = Some(format!("{code:?}")),
+            _ => {}
+        }
+        info
+    }
+}
+
+fn invalid(message: impl Into<String>) -> Error {
+    Error::new(Status::InvalidArg, message.into())
+}
+
+/// TLS settings for an `https://` endpoint (PEM text).
+#[napi(object)]
+pub struct TlsOptions {
+    /// The CA that signed the server's certificate (instead of the system roots).
+    pub ca_certificate_pem: Option<String>,
+    /// The name the server's certificate must carry, when not the endpoint's host.
+    pub domain_name: Option<String>,
+    /// Certificate chain for servers that require client certificates.
+    pub client_certificate_pem: Option<String>,
+    /// Private key of `clientCertificatePem`.
+    pub client_key_pem: Option<String>,
+}
+
+/// Settings of a consumer, as `index.js` passes them (durations in milliseconds).
+#[napi(object)]
+pub struct NativeOptions {
+    pub client_name: Option<String>,
+    pub auth_token: Option<String>,
+    pub tls: Option<TlsOptions>,
+    /// `trim_horizon` or `latest`.
+    #[napi(ts_type = "'trim_horizon' | 'latest'")]
+    pub start: Option<String>,
+    /// Start at this time (ms since the epoch) instead.
+    pub start_timestamp_ms: Option<f64>,
+    pub max_records_per_batch: Option<u32>,
+    /// `batch` or `manual`.
+    #[napi(ts_type = "'batch' | 'manual'")]
+    pub checkpoint: Option<String>,
+    pub checkpoint_every_records: Option<f64>,
+    pub checkpoint_interval_ms: Option<f64>,
+    pub max_concurrent_handlers: Option<u32>,
+    pub shard_queue_batches: Option<u32>,
+    pub handler_retries: Option<u32>,
+    pub retry_initial_delay_ms: Option<f64>,
+    pub retry_max_delay_ms: Option<f64>,
+    /// `stop` or `skip`.
+    #[napi(ts_type = "'stop' | 'skip'")]
+    pub on_failure: Option<String>,
+    pub handler_timeout_ms: Option<f64>,
+    pub reconnect_initial_delay_ms: Option<f64>,
+    pub reconnect_max_delay_ms: Option<f64>,
+    pub max_reconnect_attempts: Option<u32>,
+    pub request_timeout_ms: Option<f64>,
+    pub shutdown_timeout_ms: Option<f64>,
+}
+
+fn millis(name: &str, ms: f64) -> Result<Duration> {
+    if !ms.is_finite() || !(0.0..=1e12).contains(&ms) {
+        return Err(invalid(format!("{name} must be a number of milliseconds >= 0, not {ms}")));
+    }
+    Ok(Duration::from_secs_f64(ms / 1000.0))
+}
+
+fn positive_millis(name: &str, ms: f64) -> Result<Duration> {
+    let d = millis(name, ms)?;
+    if d.is_zero() {
+        return Err(invalid(format!("{name} must be more than 0")));
+    }
+    Ok(d)
+}
+
+fn backoff(
+    default: kb::BackoffSettings,
+    initial: (&str, Option<f64>),
+    max: (&str, Option<f64>),
+) -> Result<kb::BackoffSettings> {
+    let mut b = default;
+    if let Some(ms) = initial.1 {
+        b.initial = positive_millis(initial.0, ms)?;
+    }
+    if let Some(ms) = max.1 {
+        b.max = positive_millis(max.0, ms)?;
+    }
+    if b.max < b.initial {
+        if max.1.is_some() {
+            return Err(invalid(format!("{} must not be less than {}", max.0, initial.0)));
+        }
+        b.max = b.initial;
+    }
+    Ok(b)
+}
+
+impl NativeOptions {
+    fn into_options(self) -> Result<kb::ConsumerOptions> {
+        let defaults = kb::ConsumerOptions::default();
+        let mut o = kb::ConsumerOptions { client_name: format!("node-{}", std::process::id()), ..defaults.clone() };
+        if let Some(name) = self.client_name {
+            o.client_name = name;
+        }
+        o.auth_token = self.auth_token;
+        o.tls = self.tls.map(|t| kb::TlsOptions {
+            ca_certificate_pem: t.ca_certificate_pem,
+            domain_name: t.domain_name,
+            client_certificate_pem: t.client_certificate_pem,
+            client_key_pem: t.client_key_pem,
+        });
+        o.start = match (self.start.as_deref(), self.start_timestamp_ms) {
+            (_, Some(ms)) if !ms.is_finite() || ms <= 0.0 => {
+                return Err(invalid("start must be a Date after 1970-01-01"))
+            }
+            (None, Some(ms)) => kb::StartPosition::AtTimestamp { timestamp_ms: ms as i64 },
+            (None | Some("trim_horizon"), None) => kb::StartPosition::TrimHorizon,
+            (Some("latest"), None) => kb::StartPosition::Latest,
+            (Some(other), _) => {
+                return Err(invalid(format!("start must be 'trim_horizon', 'latest' or a Date, not {other:?}")))
+            }
+        };
+        if let Some(n) = self.max_records_per_batch {
+            o.max_records_per_batch = n;
+        }
+        o.checkpoint = match self.checkpoint.as_deref() {
+            None | Some("batch") => kb::CheckpointPolicy::EveryBatch,
+            Some("manual") => kb::CheckpointPolicy::Manual,
+            Some(other) => return Err(invalid(format!("checkpoint must be 'batch' or 'manual', not {other:?}"))),
+        };
+        match (self.checkpoint_every_records, self.checkpoint_interval_ms) {
+            (Some(_), Some(_)) => return Err(invalid("give checkpointEveryRecords or checkpointIntervalMs, not both")),
+            (Some(_), None) | (None, Some(_)) if o.checkpoint == kb::CheckpointPolicy::Manual => {
+                return Err(invalid(
+                    "checkpoint: 'manual' cannot be combined with checkpointEveryRecords or checkpointIntervalMs",
+                ))
+            }
+            (Some(n), None) => {
+                if !(n.is_finite() && n >= 1.0 && n.fract() == 0.0) {
+                    return Err(invalid(format!("checkpointEveryRecords must be a whole number >= 1, not {n}")));
+                }
+                o.checkpoint = kb::CheckpointPolicy::EveryRecords(n as u64);
+            }
+            (None, Some(ms)) => {
+                o.checkpoint = kb::CheckpointPolicy::Interval(positive_millis("checkpointIntervalMs", ms)?)
+            }
+            (None, None) => {}
+        }
+        if let Some(n) = self.max_concurrent_handlers {
+            o.max_concurrent_handlers = n as usize;
+        }
+        if let Some(n) = self.shard_queue_batches {
+            o.shard_queue_batches = n as usize;
+        }
+        if let Some(n) = self.handler_retries {
+            o.handler_retries = n;
+        }
+        o.retry_backoff = backoff(
+            defaults.retry_backoff,
+            ("retryInitialDelayMs", self.retry_initial_delay_ms),
+            ("retryMaxDelayMs", self.retry_max_delay_ms),
+        )?;
+        o.on_failure = match self.on_failure.as_deref() {
+            None | Some("stop") => kb::FailurePolicy::Stop,
+            Some("skip") => kb::FailurePolicy::Skip,
+            Some(other) => return Err(invalid(format!("onFailure must be 'stop' or 'skip', not {other:?}"))),
+        };
+        if let Some(ms) = self.handler_timeout_ms {
+            o.handler_timeout = Some(positive_millis("handlerTimeoutMs", ms)?);
+        }
+        o.reconnect_backoff = backoff(
+            defaults.reconnect_backoff,
+            ("reconnectInitialDelayMs", self.reconnect_initial_delay_ms),
+            ("reconnectMaxDelayMs", self.reconnect_max_delay_ms),
+        )?;
+        if let Some(n) = self.max_reconnect_attempts {
+            if n == 0 {
+                return Err(invalid("maxReconnectAttempts must be at least 1 (leave it out to retry forever)"));
+            }
+            o.max_reconnect_attempts = Some(n);
+        }
+        if let Some(ms) = self.request_timeout_ms {
+            o.request_timeout = positive_millis("requestTimeoutMs", ms)?;
+        }
+        if let Some(ms) = self.shutdown_timeout_ms {
+            o.shutdown_timeout = millis("shutdownTimeoutMs", ms)?;
+        }
+        Ok(o)
+    }
+}
+
+/// One Kinesis record (`index.js` adds `approximateArrivalTimestamp` as a `Date`).
+#[napi(object)]
+pub struct NativeRecord {
+    pub data: Buffer,
+    pub partition_key: String,
+    pub sequence_number: String,
+    pub sub_sequence_number: i64,
+    pub approximate_arrival_timestamp_ms: f64,
+}
+
+/// A batch handed to the handler; `index.js` wraps it as a `Batch`.
+#[napi]
+pub struct NativeBatch {
+    batch: kb::Batch,
+}
+
+#[napi]
+impl NativeBatch {
+    #[napi(getter)]
+    pub fn stream(&self) -> String {
+        self.batch.stream().to_owned()
+    }
+
+    #[napi(getter)]
+    pub fn shard_id(&self) -> String {
+        self.batch.shard_id().to_owned()
+    }
+
+    #[napi(getter)]
+    pub fn lease_epoch(&self) -> i64 {
+        self.batch.shard().lease_epoch as i64
+    }
+
+    #[napi(getter)]
+    pub fn millis_behind_latest(&self) -> i64 {
+        self.batch.millis_behind_latest()
+    }
+
+    #[napi(getter)]
+    pub fn attempt(&self) -> u32 {
+        self.batch.attempt()
+    }
+
+    /// The records, in sequence order (a new array on every call).
+    #[napi]
+    pub fn records(&self) -> Vec<NativeRecord> {
+        self.batch
+            .records()
+            .iter()
+            .map(|r| NativeRecord {
+                data: r.data.clone().into(),
+                partition_key: r.partition_key.clone(),
+                sequence_number: r.sequence_number.clone(),
+                sub_sequence_number: r.sub_sequence_number as i64,
+                approximate_arrival_timestamp_ms: r.approximate_arrival_timestamp_ms as f64,
+            })
+            .collect()
+    }
+
+    /// Checkpoints up to and including the record with this sequence number, or the
+    /// whole batch; resolves `null` once stored, or the error.
+    #[napi]
+    pub async fn checkpoint(
+        &self,
+        sequence_number: Option<String>,
+        sub_sequence_number: Option<i64>,
+    ) -> Result<Option<ErrorInfo>> {
+        let checkpointer = self.batch.checkpointer().clone();
+        let result = match sequence_number {
+            None => checkpointer.checkpoint().await,
+            Some(seq) => checkpointer.checkpoint_sequence(&seq, sub_sequence_number.unwrap_or(0).max(0) as u64).await,
+        };
+        Ok(result.err().map(ErrorInfo::from))
+    }
+}
+
+/// The handler as `index.js` passes it: resolves `undefined` when the batch was handled,
+/// or a description of what the user's handler threw (`index.js` keeps the error itself).
+type JsHandler = ThreadsafeFunction<NativeBatch, Promise<Option<String>>, NativeBatch, Status, false>;
+
+struct NodeHandler {
+    tsfn: Arc<JsHandler>,
+}
+
+impl kb::Handler for NodeHandler {
+    fn handle(&self, batch: kb::Batch) -> BoxFuture<'static, std::result::Result<(), kb::HandlerError>> {
+        let tsfn = self.tsfn.clone();
+        Box::pin(async move {
+            let promise = tsfn
+                .call_async_catch(NativeBatch { batch })
+                .await
+                .map_err(|e| kb::HandlerError::msg(format!("calling the handler failed: {}", e.reason)))?;
+            match promise.await {
+                Ok(None) => Ok(()),
+                Ok(Some(thrown)) => Err(kb::HandlerError::msg(thrown)),
+                Err(e) => Err(kb::HandlerError::msg(e.reason)),
+            }
+        })
+    }
+}
+
+/// The native consumer; `index.js` exports the `Consumer` built on it.
+#[napi]
+pub struct NativeConsumer {
+    inner: Arc<kb::Consumer>,
+}
+
+#[napi]
+impl NativeConsumer {
+    /// Throws `InvalidArg` errors for bad arguments (`index.js` checks the types first).
+    #[napi(constructor)]
+    pub fn new(endpoint: String, app: String, streams: Vec<String>, options: Option<NativeOptions>) -> Result<Self> {
+        let options = match options {
+            Some(o) => o.into_options()?,
+            None => kb::ConsumerOptions { client_name: format!("node-{}", std::process::id()), ..Default::default() },
+        };
+        let inner = kb::Consumer::new(endpoint, app, streams, options).map_err(|e| match e {
+            kb::Error::InvalidArgument(m) => invalid(m),
+            other => Error::new(Status::GenericFailure, other.to_string()),
+        })?;
+        Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// Runs `handler` until the consumer stops; resolves `null`, or the error that
+    /// stopped it.
+    #[napi(ts_args_type = "handler: (batch: NativeBatch) => Promise<string | undefined | null>")]
+    pub async fn run(&self, handler: JsHandler) -> Result<Option<ErrorInfo>> {
+        let handler = Arc::new(NodeHandler { tsfn: Arc::new(handler) });
+        Ok(self.inner.run_shared(handler).await.err().map(ErrorInfo::from))
+    }
+
+    /// Stops gracefully: batches in hand finish and are checkpointed, then the session
+    /// closes so that its shards move at once.
+    #[napi]
+    pub fn stop(&self) {
+        self.inner.stop();
+    }
+
+    #[napi(getter)]
+    pub fn stopped(&self) -> bool {
+        self.inner.is_stopped()
+    }
+}

@@ -1,0 +1,139 @@
+"""Type stubs of kinesis_butler._native (implemented in Rust; use the package)."""
+
+import datetime
+from typing import Any, Awaitable, Iterable, Iterator, List, Literal, Optional, Union, final
+
+from typing_extensions import Self, disjoint_base
+
+__all__ = ["Batch", "Consumer", "Record", "quiesce"]
+
+#: Seconds, or a timedelta.
+_Duration = Union[float, int, datetime.timedelta]
+
+@final
+class Record:
+    """One Kinesis record."""
+
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def partition_key(self) -> str: ...
+    @property
+    def sequence_number(self) -> str:
+        """A decimal string of up to 128 bits; compare as ``int(...)``."""
+    @property
+    def sub_sequence_number(self) -> int:
+        """Position inside a KPL-aggregated record; 0 otherwise."""
+    @property
+    def approximate_arrival_timestamp(self) -> datetime.datetime:
+        """When Kinesis received the record (aware, UTC)."""
+    @property
+    def approximate_arrival_timestamp_ms(self) -> int: ...
+    @property
+    def stream(self) -> str: ...
+    @property
+    def shard_id(self) -> str: ...
+
+@final
+class Batch:
+    """Records of one shard, in sequence order, following the shard's previous batch."""
+
+    @property
+    def stream(self) -> str: ...
+    @property
+    def shard_id(self) -> str: ...
+    @property
+    def lease_epoch(self) -> int: ...
+    @property
+    def records(self) -> List[Record]:
+        """Never empty."""
+    @property
+    def millis_behind_latest(self) -> int: ...
+    @property
+    def attempt(self) -> int:
+        """1 on the first delivery of this batch, then 2, 3… on retries."""
+    def checkpoint(self, record: Optional[Record] = None) -> None:
+        """Stores a checkpoint now, up to and including ``record`` (of this shard) or the
+        whole batch; blocks until stored. Raises ``LeaseLostError`` when the shard moved."""
+    def checkpoint_async(self, record: Optional[Record] = None) -> Awaitable[None]:
+        """``checkpoint`` for ``async def`` handlers."""
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[Record]: ...
+
+@disjoint_base
+class Consumer:
+    """Reads ``streams`` of ``app`` through the Kinesis Butler server at ``endpoint``
+    (e.g. ``"http://127.0.0.1:50051"``) and hands their records to a handler.
+
+    Options (``None`` keeps the default):
+
+    - ``client_name``: shown by ``kinesis-butler leases`` (default ``python-<pid>``).
+    - ``auth_token``: sent as ``authorization: Bearer <token>`` (servers started with
+      ``--auth-token``).
+    - ``tls_ca_certificate_pem``, ``tls_domain_name``, ``tls_client_certificate_pem``,
+      ``tls_client_key_pem``: TLS settings (PEM text) for an ``https://`` endpoint;
+      without them the system's roots verify the server.
+    - ``start``: where shards without a checkpoint start: ``"trim_horizon"`` (default),
+      ``"latest"`` or a ``datetime``.
+    - ``max_records_per_batch``: 1..10000 (default: the server's).
+    - ``checkpoint``: ``"batch"`` (after every handled batch, default) or ``"manual"``
+      (``batch.checkpoint()``); or ``checkpoint_every_records`` / ``checkpoint_interval``.
+      Whatever the policy, handled progress is checkpointed when a shard moves and on stop.
+    - ``max_concurrent_handlers`` (64), ``shard_queue_batches`` (4).
+    - ``handler_retries`` (3), ``retry_initial_delay`` (0.1 s), ``retry_max_delay`` (5 s),
+      ``on_failure``: ``"stop"`` (default: ``run`` raises ``HandlerError``) or ``"skip"``.
+    - ``handler_timeout``: a call taking longer fails (and is retried); default none.
+    - ``reconnect_initial_delay`` (0.2 s), ``reconnect_max_delay`` (10 s),
+      ``max_reconnect_attempts``: consecutive failed connections before ``run`` raises
+      ``ConnectionError`` (default: retry forever).
+    - ``request_timeout`` (10 s), ``shutdown_timeout`` (30 s: how long batches in hand
+      may take to finish on stop).
+
+    Raises ``InvalidArgumentError`` (a ``ValueError``) or ``TypeError`` for bad arguments.
+    """
+
+    def __new__(
+        cls,
+        endpoint: str,
+        app: str,
+        streams: Union[str, Iterable[str]],
+        *,
+        client_name: Optional[str] = None,
+        auth_token: Optional[str] = None,
+        tls_ca_certificate_pem: Optional[str] = None,
+        tls_domain_name: Optional[str] = None,
+        tls_client_certificate_pem: Optional[str] = None,
+        tls_client_key_pem: Optional[str] = None,
+        start: Union[Literal["trim_horizon", "latest"], datetime.datetime, None] = None,
+        max_records_per_batch: Optional[int] = None,
+        checkpoint: Optional[Literal["batch", "manual"]] = None,
+        checkpoint_every_records: Optional[int] = None,
+        checkpoint_interval: Optional[_Duration] = None,
+        max_concurrent_handlers: Optional[int] = None,
+        shard_queue_batches: Optional[int] = None,
+        handler_retries: Optional[int] = None,
+        retry_initial_delay: Optional[_Duration] = None,
+        retry_max_delay: Optional[_Duration] = None,
+        on_failure: Optional[Literal["stop", "skip"]] = None,
+        handler_timeout: Optional[_Duration] = None,
+        reconnect_initial_delay: Optional[_Duration] = None,
+        reconnect_max_delay: Optional[_Duration] = None,
+        max_reconnect_attempts: Optional[int] = None,
+        request_timeout: Optional[_Duration] = None,
+        shutdown_timeout: Optional[_Duration] = None,
+    ) -> Self: ...
+    @property
+    def endpoint(self) -> str: ...
+    @property
+    def app(self) -> str: ...
+    @property
+    def streams(self) -> List[str]: ...
+    @property
+    def stopped(self) -> bool: ...
+    def stop(self) -> None:
+        """Stops gracefully; safe from any thread and from inside a handler."""
+    def _run_blocking(self, handler: Any) -> None: ...
+    def _run_async(self, handler: Any) -> "Awaitable[None]": ...
+
+def quiesce(timeout: float = 2.0) -> bool:
+    """Waits until no Rust thread is in a Python call (registered with ``atexit``)."""

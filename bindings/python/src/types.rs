@@ -1,0 +1,245 @@
+//! `Record` and `Batch`: read-only views of the client's values.
+
+use std::sync::Arc;
+
+use kinesis_butler_client as kb;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyList};
+
+use crate::errors::{invalid_argument, to_py_err};
+use crate::runtime;
+
+/// One Kinesis record (a view into its batch: nothing is copied until read).
+#[pyclass(frozen, module = "kinesis_butler", name = "Record")]
+pub(crate) struct PyRecord {
+    records: Arc<[kb::Record]>,
+    index: usize,
+    stream: Arc<str>,
+    shard_id: Arc<str>,
+}
+
+impl PyRecord {
+    fn get(&self) -> &kb::Record {
+        &self.records[self.index]
+    }
+}
+
+/// `datetime.datetime(1970, 1, 1, tzinfo=timezone.utc)` and `datetime.timedelta`.
+fn epoch_and_timedelta(py: Python<'_>) -> PyResult<&(Py<PyAny>, Py<PyAny>)> {
+    static CELL: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
+    CELL.get_or_try_init(py, || {
+        let datetime = py.import("datetime")?;
+        let utc = datetime.getattr("timezone")?.getattr("utc")?;
+        let epoch = datetime.getattr("datetime")?.call((1970, 1, 1), Some(&[("tzinfo", utc)].into_py_dict(py)?))?;
+        Ok((epoch.unbind(), datetime.getattr("timedelta")?.unbind()))
+    })
+}
+
+use pyo3::types::IntoPyDict;
+
+#[pymethods]
+impl PyRecord {
+    /// The payload.
+    #[getter]
+    fn data<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.get().data)
+    }
+
+    /// The partition key the producer gave.
+    #[getter]
+    fn partition_key(&self) -> &str {
+        &self.get().partition_key
+    }
+
+    /// The Kinesis sequence number (a decimal string of up to 128 bits).
+    #[getter]
+    fn sequence_number(&self) -> &str {
+        &self.get().sequence_number
+    }
+
+    /// Position inside a KPL-aggregated record; 0 otherwise.
+    #[getter]
+    fn sub_sequence_number(&self) -> u64 {
+        self.get().sub_sequence_number
+    }
+
+    /// When Kinesis received the record: an aware `datetime` in UTC.
+    #[getter]
+    fn approximate_arrival_timestamp<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let (epoch, timedelta) = epoch_and_timedelta(py)?;
+        let ms = self.get().approximate_arrival_timestamp_ms;
+        let delta = timedelta.bind(py).call((), Some(&[("milliseconds", ms)].into_py_dict(py)?))?;
+        epoch.bind(py).add(delta)
+    }
+
+    /// When Kinesis received the record, in milliseconds since the Unix epoch.
+    #[getter]
+    fn approximate_arrival_timestamp_ms(&self) -> i64 {
+        self.get().approximate_arrival_timestamp_ms
+    }
+
+    /// The stream the record was read from.
+    #[getter]
+    fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// The shard the record was read from.
+    #[getter]
+    fn shard_id(&self) -> &str {
+        &self.shard_id
+    }
+
+    fn __repr__(&self) -> String {
+        let r = self.get();
+        format!(
+            "Record(shard_id={:?}, sequence_number={:?}, partition_key={:?}, data=<{} bytes>)",
+            &*self.shard_id,
+            r.sequence_number,
+            r.partition_key,
+            r.data.len()
+        )
+    }
+}
+
+/// Records of one shard, in sequence order, following the previous batch of the shard.
+#[pyclass(frozen, module = "kinesis_butler", name = "Batch")]
+pub(crate) struct PyBatch {
+    batch: kb::Batch,
+    records: Py<PyList>,
+}
+
+impl PyBatch {
+    pub(crate) fn new(py: Python<'_>, batch: kb::Batch) -> PyResult<Self> {
+        let shared = batch.shared_records();
+        let stream: Arc<str> = batch.stream().into();
+        let shard_id: Arc<str> = batch.shard_id().into();
+        let records = (0..shared.len())
+            .map(|index| {
+                Py::new(
+                    py,
+                    PyRecord { records: shared.clone(), index, stream: stream.clone(), shard_id: shard_id.clone() },
+                )
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(Self { batch, records: PyList::new(py, records)?.unbind() })
+    }
+
+    /// Where a checkpoint goes: the record given (of this shard) or the batch's end.
+    fn target(&self, py: Python<'_>, record: Option<&Bound<'_, PyAny>>) -> PyResult<Option<(String, u64)>> {
+        let Some(record) = record.filter(|r| !r.is_none()) else {
+            return Ok(None);
+        };
+        let record = record.cast::<PyRecord>().map_err(|_| {
+            pyo3::exceptions::PyTypeError::new_err(format!(
+                "checkpoint takes a Record of this batch's shard (or nothing), not {}",
+                crate::options::type_name(record)
+            ))
+        })?;
+        let record = record.get();
+        if *record.shard_id != *self.batch.shard_id() || *record.stream != *self.batch.stream() {
+            return Err(invalid_argument(
+                py,
+                format!(
+                    "the record is from shard {}/{}, not {}/{}",
+                    &*record.stream,
+                    &*record.shard_id,
+                    self.batch.stream(),
+                    self.batch.shard_id()
+                ),
+            ));
+        }
+        let r = record.get();
+        Ok(Some((r.sequence_number.clone(), r.sub_sequence_number)))
+    }
+}
+
+async fn store(checkpointer: kb::Checkpointer, target: Option<(String, u64)>) -> Result<(), kb::Error> {
+    match target {
+        None => checkpointer.checkpoint().await,
+        Some((sequence, sub)) => checkpointer.checkpoint_sequence(&sequence, sub).await,
+    }
+}
+
+#[pymethods]
+impl PyBatch {
+    /// Stream name.
+    #[getter]
+    fn stream(&self) -> &str {
+        self.batch.stream()
+    }
+
+    /// Shard id.
+    #[getter]
+    fn shard_id(&self) -> &str {
+        self.batch.shard_id()
+    }
+
+    /// The lease epoch (fencing token) this consumer holds the shard at.
+    #[getter]
+    fn lease_epoch(&self) -> u64 {
+        self.batch.shard().lease_epoch
+    }
+
+    /// The records, in sequence order (never empty).
+    #[getter]
+    fn records(&self, py: Python<'_>) -> Py<PyList> {
+        self.records.clone_ref(py)
+    }
+
+    /// How far the server's reader is behind the tip of the shard, as Kinesis reports it.
+    #[getter]
+    fn millis_behind_latest(&self) -> i64 {
+        self.batch.millis_behind_latest()
+    }
+
+    /// 1 on the first delivery of this batch, then 2, 3… on retries.
+    #[getter]
+    fn attempt(&self) -> u32 {
+        self.batch.attempt()
+    }
+
+    /// Stores a checkpoint for this shard now: up to and including `record`, or the
+    /// whole batch. Blocks until the server confirmed it (use `checkpoint_async` in
+    /// an `async def` handler).
+    #[pyo3(signature = (record=None))]
+    fn checkpoint(&self, py: Python<'_>, record: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let target = self.target(py, record)?;
+        let checkpointer = self.batch.checkpointer().clone();
+        let result = py.detach(|| runtime().block_on(store(checkpointer, target)));
+        result.map_err(|e| to_py_err(py, e))
+    }
+
+    /// `checkpoint` as an awaitable, for `async def` handlers.
+    #[pyo3(signature = (record=None))]
+    fn checkpoint_async<'py>(
+        &self,
+        py: Python<'py>,
+        record: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let target = self.target(py, record)?;
+        let checkpointer = self.batch.checkpointer().clone();
+        crate::attach::spawn_for_loop(py, store(checkpointer, target))
+    }
+
+    fn __len__(&self) -> usize {
+        self.batch.records().len()
+    }
+
+    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.records.bind(py).as_any().try_iter().map(|i| i.into_any())
+    }
+
+    fn __repr__(&self) -> String {
+        let records = self.batch.records();
+        format!(
+            "Batch(stream={:?}, shard_id={:?}, records={}, first={:?}, last={:?})",
+            self.batch.stream(),
+            self.batch.shard_id(),
+            records.len(),
+            records.first().map(|r| r.sequence_number.as_str()).unwrap_or(""),
+            records.last().map(|r| r.sequence_number.as_str()).unwrap_or("")
+        )
+    }
+}

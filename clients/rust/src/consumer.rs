@@ -1,0 +1,244 @@
+//! The consumer: sessions one after another (reconnecting with backoff) until stopped.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::backoff::Backoff;
+use crate::connection::Target;
+use crate::error::Error;
+use crate::handler::Handler;
+use crate::options::ConsumerOptions;
+use crate::session::{self, SessionEnd, Shared};
+
+/// Reads streams of an app through a Kinesis Butler server and hands their records to
+/// a [`Handler`], checkpointing for it. See the [crate documentation](crate).
+#[derive(Debug)]
+pub struct Consumer {
+    target: Target,
+    app: String,
+    streams: Vec<String>,
+    options: Arc<ConsumerOptions>,
+    stop: CancellationToken,
+    running: AtomicBool,
+}
+
+impl Consumer {
+    /// A consumer of `streams` for `app` through the server at `endpoint`
+    /// (e.g. `http://127.0.0.1:50051`). Nothing connects until [`Consumer::run`].
+    ///
+    /// Errors: [`crate::ErrorKind::InvalidArgument`] for an empty app or stream list,
+    /// a stream named twice, an endpoint that is not a URI, or invalid options.
+    pub fn new<S: Into<String>>(
+        endpoint: impl Into<String>,
+        app: impl Into<String>,
+        streams: impl IntoIterator<Item = S>,
+        options: ConsumerOptions,
+    ) -> Result<Self, Error> {
+        let (endpoint, app) = (endpoint.into(), app.into());
+        let streams: Vec<String> = streams.into_iter().map(Into::into).collect();
+        let invalid = |m: String| Err(Error::InvalidArgument(m));
+        if app.trim().is_empty() {
+            return invalid("app must not be empty".into());
+        }
+        if streams.is_empty() {
+            return invalid("name at least one stream".into());
+        }
+        let mut seen = HashSet::new();
+        for s in &streams {
+            if s.trim().is_empty() {
+                return invalid("stream names must not be empty".into());
+            }
+            if !seen.insert(s) {
+                return invalid(format!("stream {s:?} is named twice"));
+            }
+        }
+        options.validate()?;
+        let target = Target::new(&endpoint, &options)?;
+        Ok(Self {
+            target,
+            app,
+            streams,
+            options: Arc::new(options),
+            stop: CancellationToken::new(),
+            running: AtomicBool::new(false),
+        })
+    }
+
+    /// The settings.
+    pub fn options(&self) -> &ConsumerOptions {
+        &self.options
+    }
+
+    /// Asks [`Consumer::run`] to stop: no new batches are taken, batches in hand are
+    /// finished and checkpointed, then the session is closed so that its shards move
+    /// to other consumers at once. A stopped consumer stays stopped.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// A token that stops the consumer when cancelled (the same as [`Consumer::stop`]);
+    /// clone it into signal handlers or other tasks.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Whether [`Consumer::stop`] was called.
+    pub fn is_stopped(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
+    /// Runs `handler` on every record until the consumer is stopped (then `Ok`) or
+    /// fails: a handler error with [`crate::FailurePolicy::Stop`], a stream that does
+    /// not exist, invalid settings, or `max_reconnect_attempts` failed connections.
+    /// Connection losses are otherwise retried forever, with backoff.
+    pub async fn run(&self, handler: impl Handler) -> Result<(), Error> {
+        self.run_shared(Arc::new(handler)).await
+    }
+
+    /// [`Consumer::run`] for a handler that is already shared (as bindings hold theirs).
+    pub async fn run_shared(&self, handler: Arc<dyn Handler>) -> Result<(), Error> {
+        if self.running.swap(true, Ordering::AcqRel) {
+            return Err(Error::InvalidArgument("this consumer is already running".into()));
+        }
+        let _running = RunningGuard(&self.running);
+        let shared = Arc::new(Shared {
+            target: self.target.clone(),
+            app: self.app.clone(),
+            streams: self.streams.clone(),
+            options: self.options.clone(),
+            handler,
+            handler_slots: Arc::new(Semaphore::new(self.options.max_concurrent_handlers)),
+            shard_locks: Mutex::default(),
+        });
+        let mut workers = JoinSet::new();
+        let result = self.sessions(&shared, &mut workers).await;
+        // Workers of broken sessions may still be finishing their batch in hand.
+        if !workers.is_empty() {
+            let drained = tokio::time::timeout(self.options.shutdown_timeout, async {
+                while workers.join_next().await.is_some() {}
+            });
+            if drained.await.is_err() {
+                warn!(workers = workers.len(), "shutdown timeout: dropping batches still in hand");
+                workers.shutdown().await;
+            }
+        }
+        info!(app = %self.app, streams = ?self.streams, ok = result.is_ok(), "consumer stopped");
+        result
+    }
+
+    async fn sessions(&self, shared: &Arc<Shared>, workers: &mut JoinSet<()>) -> Result<(), Error> {
+        let mut backoff = Backoff::new(self.options.reconnect_backoff);
+        let mut failures = 0u32;
+        loop {
+            let opened = tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => return Ok(()),
+                opened = session::open(shared) => opened,
+            };
+            match opened {
+                Ok(session) => {
+                    info!(app = %self.app, streams = ?self.streams, session = %session.id, endpoint = %self.target.url,
+                        "session started");
+                    backoff.reset();
+                    failures = 0;
+                    match session::run(shared, session, &self.stop, workers).await {
+                        SessionEnd::Stopped => return Ok(()),
+                        SessionEnd::Failed(e) => return Err(e),
+                        SessionEnd::Disconnected(why) => {
+                            warn!(app = %self.app, error = %why, "session lost; reconnecting")
+                        }
+                    }
+                }
+                Err(e) if e.is_permanent() => return Err(e),
+                Err(e) => {
+                    failures += 1;
+                    warn!(app = %self.app, attempt = failures, error = %e, "cannot open a session");
+                    if self.options.max_reconnect_attempts.is_some_and(|max| failures >= max) {
+                        return Err(e);
+                    }
+                }
+            }
+            let delay = backoff.next_delay();
+            tokio::select! {
+                _ = self.stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}
+
+/// Clears the running flag however `run` ends (also when its future is dropped).
+struct RunningGuard<'a>(&'a AtomicBool);
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ErrorKind, TlsOptions};
+
+    fn kind(result: Result<Consumer, Error>) -> ErrorKind {
+        result.expect_err("invalid").kind()
+    }
+
+    #[test]
+    fn bad_arguments_are_refused_before_connecting() {
+        let ok = || ConsumerOptions::default();
+        assert!(Consumer::new("http://127.0.0.1:50051", "app", ["s"], ok()).is_ok());
+        assert_eq!(kind(Consumer::new("http://127.0.0.1:50051", " ", ["s"], ok())), ErrorKind::InvalidArgument);
+        assert_eq!(
+            kind(Consumer::new("http://127.0.0.1:50051", "app", Vec::<String>::new(), ok())),
+            ErrorKind::InvalidArgument
+        );
+        assert_eq!(kind(Consumer::new("http://127.0.0.1:50051", "app", ["s", "s"], ok())), ErrorKind::InvalidArgument);
+        assert_eq!(kind(Consumer::new("not a uri", "app", ["s"], ok())), ErrorKind::InvalidArgument);
+        let tls_on_http = ConsumerOptions { tls: Some(TlsOptions::default()), ..ok() };
+        assert_eq!(
+            kind(Consumer::new("http://127.0.0.1:50051", "app", ["s"], tls_on_http)),
+            ErrorKind::InvalidArgument
+        );
+        let half_identity = ConsumerOptions {
+            tls: Some(TlsOptions { client_certificate_pem: Some("cert".into()), ..Default::default() }),
+            ..ok()
+        };
+        assert_eq!(
+            kind(Consumer::new("https://127.0.0.1:50051", "app", ["s"], half_identity)),
+            ErrorKind::InvalidArgument
+        );
+        let bad_token = ConsumerOptions { auth_token: Some("line\nbreak".into()), ..ok() };
+        assert_eq!(kind(Consumer::new("http://127.0.0.1:50051", "app", ["s"], bad_token)), ErrorKind::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn a_stopped_consumer_returns_at_once_and_an_unreachable_server_is_retried_then_reported() {
+        let consumer = Consumer::new("http://127.0.0.1:50051", "app", ["s"], ConsumerOptions::default()).unwrap();
+        consumer.stop();
+        let handler = |_batch: crate::Batch| async { Ok::<(), crate::HandlerError>(()) };
+        assert!(consumer.run(handler).await.is_ok(), "stopped before it ran");
+
+        // A port nobody listens on: two attempts, then the connection error.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let options = ConsumerOptions {
+            max_reconnect_attempts: Some(2),
+            reconnect_backoff: crate::BackoffSettings {
+                initial: std::time::Duration::from_millis(1),
+                max: std::time::Duration::from_millis(5),
+            },
+            ..ConsumerOptions::default()
+        };
+        let consumer = Consumer::new(format!("http://127.0.0.1:{port}"), "app", ["s"], options).unwrap();
+        let result = tokio::time::timeout(std::time::Duration::from_secs(10), consumer.run(handler)).await;
+        let err = result.expect("bounded").expect_err("nobody listens");
+        assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    }
+}

@@ -1,0 +1,171 @@
+//! What the user writes: a [`Handler`] that receives [`Batch`]es.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use kinesis_butler_proto as pb;
+
+use crate::checkpointer::Checkpointer;
+use crate::error::HandlerError;
+
+/// One Kinesis record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// The Kinesis sequence number (a decimal of up to 128 bits).
+    pub sequence_number: String,
+    /// Position inside a KPL-aggregated record; 0 otherwise.
+    pub sub_sequence_number: u64,
+    /// The partition key the producer gave.
+    pub partition_key: String,
+    /// The payload.
+    pub data: Vec<u8>,
+    /// When Kinesis received the record, in milliseconds since the Unix epoch.
+    pub approximate_arrival_timestamp_ms: i64,
+}
+
+impl From<pb::Record> for Record {
+    fn from(r: pb::Record) -> Self {
+        Self {
+            sequence_number: r.sequence_number,
+            sub_sequence_number: r.sub_sequence_number,
+            partition_key: r.partition_key,
+            data: r.data,
+            approximate_arrival_timestamp_ms: r.approximate_arrival_timestamp_ms,
+        }
+    }
+}
+
+/// A shard as this consumer holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardInfo {
+    /// Stream name.
+    pub stream: String,
+    /// Shard id.
+    pub shard_id: String,
+    /// The lease epoch (fencing token) this consumer holds the shard at.
+    pub lease_epoch: u64,
+    /// The stored checkpoint reading starts after: a sequence number, `SHARD_END`, or
+    /// empty when the shard had none and reading starts at the start position.
+    pub checkpoint: String,
+}
+
+/// Why a consumer stopped working on a shard (given to [`Handler::shard_stopped`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StopReason {
+    /// The server moved the shard to another consumer; handled batches were
+    /// checkpointed and the shard released.
+    Rebalanced,
+    /// The server is shutting down; handled batches were checkpointed and the shard
+    /// released.
+    ServerShutdown,
+    /// The lease was lost; nothing more could be checkpointed.
+    LeaseLost,
+    /// The shard is closed and was handled to its end (`SHARD_END` stored).
+    Ended,
+    /// The shard's buffer overflowed (its handler was slow); handled batches were
+    /// checkpointed and the shard released to be read again from there.
+    Released,
+    /// The consumer is stopping; handled batches were checkpointed.
+    ConsumerStopped,
+    /// The connection to the server broke; the shard is read again after reconnecting.
+    Disconnected,
+    /// A batch failed every retry with [`crate::FailurePolicy::Stop`].
+    HandlerFailed,
+}
+
+/// Records of one shard, in sequence order, following the previous batch of the shard.
+///
+/// Cheap to clone (the records are shared).
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub(crate) shard: Arc<ShardInfo>,
+    pub(crate) records: Arc<[Record]>,
+    pub(crate) millis_behind_latest: i64,
+    pub(crate) attempt: u32,
+    pub(crate) checkpointer: Checkpointer,
+}
+
+impl Batch {
+    /// Stream name.
+    pub fn stream(&self) -> &str {
+        &self.shard.stream
+    }
+
+    /// Shard id.
+    pub fn shard_id(&self) -> &str {
+        &self.shard.shard_id
+    }
+
+    /// The shard as this consumer holds it.
+    pub fn shard(&self) -> &ShardInfo {
+        &self.shard
+    }
+
+    /// The records, in sequence order (never empty).
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+
+    /// The records as a shared slice (for handing to another task without copying).
+    pub fn shared_records(&self) -> Arc<[Record]> {
+        self.records.clone()
+    }
+
+    /// How far the server's reader is behind the tip of the shard, as Kinesis reports it.
+    pub fn millis_behind_latest(&self) -> i64 {
+        self.millis_behind_latest
+    }
+
+    /// 1 on the first delivery of this batch, then 2, 3… on retries.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Stores checkpoints for this shard yourself (with
+    /// [`crate::CheckpointPolicy::Manual`], or to checkpoint more often than the policy).
+    pub fn checkpointer(&self) -> &Checkpointer {
+        &self.checkpointer
+    }
+}
+
+/// The user's record processor.
+///
+/// Any `Fn(Batch) -> impl Future<Output = Result<(), HandlerError>>` closure is a
+/// handler. Implement the trait on your own type to also get the shard start and stop
+/// hooks. Batches of one shard are handled one at a time, in order; batches of
+/// different shards concurrently. Returning `Ok` means every record of the batch is
+/// done with: the consumer may checkpoint it. A returned error (or a panic, or a
+/// timeout) is retried; see [`crate::ConsumerOptions`].
+pub trait Handler: Send + Sync + 'static {
+    /// Processes one batch.
+    fn handle(&self, batch: Batch) -> BoxFuture<'static, Result<(), HandlerError>>;
+
+    /// Called before the first batch of a shard this consumer was given.
+    fn shard_started(&self, shard: &ShardInfo) -> BoxFuture<'static, ()> {
+        let _ = shard;
+        Box::pin(async {})
+    }
+
+    /// Called after the last batch of a shard this consumer gives up, once its final
+    /// checkpoint (if any) is stored. Only for shards [`Handler::shard_started`] was
+    /// called for.
+    ///
+    /// Hooks of one shard lease are ordered (start, batches, stop), but hooks of
+    /// different shards are not ordered among themselves: once a final checkpoint is
+    /// stored, the next owner (or a child shard) may start before this call.
+    fn shard_stopped(&self, shard: &ShardInfo, reason: StopReason) -> BoxFuture<'static, ()> {
+        let _ = (shard, reason);
+        Box::pin(async {})
+    }
+}
+
+impl<F, Fut> Handler for F
+where
+    F: Fn(Batch) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    fn handle(&self, batch: Batch) -> BoxFuture<'static, Result<(), HandlerError>> {
+        Box::pin(self(batch))
+    }
+}

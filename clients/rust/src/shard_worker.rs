@@ -1,0 +1,390 @@
+//! One task per shard lease: handles the shard's batches one at a time, in order,
+//! retries failures, checkpoints by policy, and answers the session's signals (revoke,
+//! lease lost, shard end, overflow, stop, disconnect).
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use kinesis_butler_proto as pb;
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use crate::backoff::Backoff;
+use crate::checkpointer::{Checkpointer, ShardLease, Target};
+use crate::error::{Error, ErrorKind, HandlerError};
+use crate::handler::{Batch, Handler, Record, ShardInfo, StopReason};
+use crate::options::{CheckpointPolicy, ConsumerOptions, FailurePolicy};
+use crate::policy::Position;
+
+/// What the session tells a worker. A `watch` value: the worker acts on the latest.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Control {
+    /// `ShardEnded` arrived: every batch of the shard is queued.
+    pub ended: bool,
+    /// The shard's queue overflowed and later batches were dropped: release the shard
+    /// once the queued ones are handled.
+    pub overflowed: bool,
+    /// `ShardRevoked{REBALANCE|SHUTDOWN}`: finish the batch in hand, checkpoint, release.
+    pub revoked: Option<StopReason>,
+    /// `ShardRevoked{LEASE_LOST}`: drop everything, checkpoint nothing.
+    pub lost: bool,
+    /// The consumer is stopping: finish the batch in hand, checkpoint.
+    pub stopping: bool,
+    /// The session is gone: finish the batch in hand, checkpoint nothing.
+    pub disconnected: bool,
+}
+
+impl Control {
+    /// The signal that ends work on the shard before its queue is handled, if any.
+    fn interruption(&self) -> Option<StopReason> {
+        if self.lost {
+            Some(StopReason::LeaseLost)
+        } else if self.disconnected {
+            Some(StopReason::Disconnected)
+        } else if let Some(reason) = self.revoked {
+            Some(reason)
+        } else if self.stopping {
+            Some(StopReason::ConsumerStopped)
+        } else {
+            None
+        }
+    }
+}
+
+/// How a worker ended.
+#[derive(Debug)]
+pub(crate) struct WorkerExit {
+    /// The shard and lease epoch the worker had.
+    pub shard: Arc<ShardInfo>,
+    /// Why it ended.
+    pub reason: StopReason,
+    /// The handler's error, with [`FailurePolicy::Stop`].
+    pub error: Option<Error>,
+}
+
+/// Sends the worker's exit to its session, also when the worker panicked or was
+/// aborted (then as [`StopReason::Disconnected`]).
+pub(crate) struct ExitReporter {
+    exits: mpsc::UnboundedSender<WorkerExit>,
+    shard: Arc<ShardInfo>,
+    sent: bool,
+}
+
+impl ExitReporter {
+    pub(crate) fn new(exits: mpsc::UnboundedSender<WorkerExit>, shard: Arc<ShardInfo>) -> Self {
+        Self { exits, shard, sent: false }
+    }
+
+    fn report(mut self, reason: StopReason, error: Option<Error>) {
+        self.sent = true;
+        let _ = self.exits.send(WorkerExit { shard: self.shard.clone(), reason, error });
+    }
+}
+
+impl Drop for ExitReporter {
+    fn drop(&mut self) {
+        if !self.sent {
+            let _ = self.exits.send(WorkerExit {
+                shard: self.shard.clone(),
+                reason: StopReason::Disconnected,
+                error: None,
+            });
+        }
+    }
+}
+
+/// The worker of one shard lease.
+pub(crate) struct ShardWorker {
+    pub lease: Arc<ShardLease>,
+    pub handler: Arc<dyn Handler>,
+    pub options: Arc<ConsumerOptions>,
+    pub queue: mpsc::Receiver<pb::RecordBatch>,
+    pub control: watch::Receiver<Control>,
+    /// Bounds handler calls over all shards.
+    pub handler_slots: Arc<Semaphore>,
+    /// Held while working, so that the next lease of the same shard in this process
+    /// starts only after this one is done (order across leases).
+    pub shard_lock: Arc<tokio::sync::Mutex<()>>,
+    pub reporter: ExitReporter,
+}
+
+/// How one batch went.
+enum Delivery {
+    Handled,
+    Interrupted(StopReason),
+    Failed { attempts: u32, error: HandlerError },
+}
+
+type Exit = (StopReason, Option<Error>);
+
+impl ShardWorker {
+    /// Works on the shard until it is released, ended, lost, stopped or disconnected.
+    pub(crate) async fn run(mut self) {
+        let shard = self.lease.shard().clone();
+        let turn = tokio::select! {
+            biased;
+            reason = interruption(&mut self.control) => {
+                // Interrupted before it could start: only hand the shard back.
+                let (reason, error) = self.finish(reason, None).await;
+                return self.exit(reason, error);
+            }
+            turn = self.shard_lock.clone().lock_owned() => turn,
+        };
+        info!(checkpoint = %shard.checkpoint, "shard started");
+        guarded_hook(|| self.handler.shard_started(&shard), "shard_started").await;
+        let (reason, error) = self.process().await;
+        info!(?reason, "shard stopped");
+        guarded_hook(|| self.handler.shard_stopped(&shard, reason), "shard_stopped").await;
+        drop(turn);
+        self.exit(reason, error);
+    }
+
+    fn exit(self, reason: StopReason, error: Option<Error>) {
+        self.reporter.report(reason, error);
+    }
+
+    async fn process(&mut self) -> Exit {
+        loop {
+            let control = self.control.borrow_and_update().clone();
+            if let Some(reason) = control.interruption() {
+                return self.finish(reason, None).await;
+            }
+            match self.queue.try_recv() {
+                Ok(batch) => {
+                    if let Some(exit) = self.handle(batch).await {
+                        return exit;
+                    }
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => return self.finish(StopReason::Disconnected, None).await,
+                Err(TryRecvError::Empty) if control.ended => return self.finish(StopReason::Ended, None).await,
+                Err(TryRecvError::Empty) if control.overflowed => return self.finish(StopReason::Released, None).await,
+                Err(TryRecvError::Empty) => {}
+            }
+            // Idle: wait for a batch, a signal or a time-based checkpoint.
+            let deadline = self.lease.progress().deadline(self.options.checkpoint);
+            tokio::select! {
+                biased;
+                changed = self.control.changed() => {
+                    if changed.is_err() {
+                        return self.finish(StopReason::Disconnected, None).await;
+                    }
+                }
+                batch = self.queue.recv() => match batch {
+                    Some(batch) => {
+                        if let Some(exit) = self.handle(batch).await {
+                            return exit;
+                        }
+                    }
+                    None => return self.finish(StopReason::Disconnected, None).await,
+                },
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    if let Some(exit) = self.checkpoint_if_due().await {
+                        return exit;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands one batch to the handler (with retries), then checkpoints by policy.
+    /// Returns the exit when work on the shard ends.
+    async fn handle(&mut self, batch: pb::RecordBatch) -> Option<Exit> {
+        let millis_behind = batch.millis_behind_latest;
+        let records: Arc<[Record]> = batch.records.into_iter().map(Record::from).collect();
+        let last = records.last()?;
+        let last = Position { sequence: last.sequence_number.clone(), sub_sequence: last.sub_sequence_number };
+        match self.deliver(&records, millis_behind, &last).await {
+            Delivery::Handled => {}
+            Delivery::Interrupted(reason) => return Some(self.finish(reason, None).await),
+            Delivery::Failed { attempts, error } => {
+                let shard = self.lease.shard();
+                match self.options.on_failure {
+                    FailurePolicy::Stop => {
+                        error!(attempts, error = %error, first = %records[0].sequence_number,
+                            "handler failed on every attempt; stopping the consumer");
+                        let error = Error::Handler {
+                            stream: shard.stream.clone(),
+                            shard_id: shard.shard_id.clone(),
+                            attempts,
+                            source: error.into_inner(),
+                        };
+                        return Some(self.finish(StopReason::HandlerFailed, Some(error)).await);
+                    }
+                    FailurePolicy::Skip => {
+                        error!(attempts, error = %error, first = %records[0].sequence_number, last = %last.sequence,
+                            records = records.len(), "handler failed on every attempt; skipping the batch");
+                    }
+                }
+            }
+        }
+        self.lease.progress().handled(last, records.len() as u64, Instant::now());
+        self.checkpoint_if_due().await
+    }
+
+    /// Calls the handler until it succeeds, the retries run out, or a signal ends the
+    /// shard's work (not during a call: the batch in hand is always finished).
+    async fn deliver(&mut self, records: &Arc<[Record]>, millis_behind: i64, last: &Position) -> Delivery {
+        let max_attempts = self.options.handler_retries.saturating_add(1);
+        let mut backoff = Backoff::new(self.options.retry_backoff);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let slot = tokio::select! {
+                biased;
+                reason = interruption(&mut self.control) => return Delivery::Interrupted(reason),
+                slot = self.handler_slots.clone().acquire_owned() => slot,
+            };
+            let batch = Batch {
+                shard: self.lease.shard().clone(),
+                records: records.clone(),
+                millis_behind_latest: millis_behind,
+                attempt,
+                checkpointer: Checkpointer::new(self.lease.clone(), last.clone()),
+            };
+            let result = call_handler(self.handler.as_ref(), batch, self.options.handler_timeout).await;
+            drop(slot);
+            let error = match result {
+                Ok(()) => return Delivery::Handled,
+                Err(error) if attempt >= max_attempts => return Delivery::Failed { attempts: attempt, error },
+                Err(error) => error,
+            };
+            let delay = backoff.next_delay();
+            warn!(attempt, max_attempts, error = %error, ?delay, "handler failed, retrying the batch");
+            tokio::select! {
+                biased;
+                reason = interruption(&mut self.control) => return Delivery::Interrupted(reason),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Stores the handled progress when the policy says so.
+    async fn checkpoint_if_due(&mut self) -> Option<Exit> {
+        if !self.lease.progress().is_due(self.options.checkpoint, Instant::now()) {
+            return None;
+        }
+        match self.lease.store(Target::Handled, false).await {
+            Ok(()) => None,
+            Err(e) if e.kind() == ErrorKind::LeaseLost => {
+                warn!(error = %e, "checkpoint refused: the lease is lost");
+                Some((StopReason::LeaseLost, None))
+            }
+            Err(e) => {
+                // Kept as unsaved progress: the next checkpoint carries it.
+                warn!(error = %e, "checkpoint failed; will try again after the next batch");
+                None
+            }
+        }
+    }
+
+    /// The last word on the shard for `reason`: checkpoint and release as it requires.
+    async fn finish(&mut self, reason: StopReason, error: Option<Error>) -> Exit {
+        let handled = match self.options.checkpoint {
+            CheckpointPolicy::Manual => Target::Nothing,
+            _ => Target::Handled,
+        };
+        let (target, release) = match reason {
+            StopReason::Rebalanced | StopReason::ServerShutdown | StopReason::Released => (handled, true),
+            StopReason::ConsumerStopped | StopReason::HandlerFailed => (handled, false),
+            StopReason::Ended => (Target::ShardEnd, false),
+            StopReason::LeaseLost | StopReason::Disconnected => {
+                let dropped = self.queue.len();
+                if dropped > 0 {
+                    debug!(batches = dropped, ?reason, "dropping queued batches without checkpointing");
+                }
+                return (reason, error);
+            }
+        };
+        match self.store_persistently(target, release).await {
+            Ok(()) => (reason, error),
+            Err(e) if e.kind() == ErrorKind::LeaseLost => {
+                warn!(error = %e, ?reason, "final checkpoint refused: the lease is lost");
+                (if error.is_some() { reason } else { StopReason::LeaseLost }, error)
+            }
+            Err(e) => {
+                warn!(error = %e, ?reason, "final checkpoint failed; the shard is read again from its last checkpoint");
+                (reason, error)
+            }
+        }
+    }
+
+    /// A final checkpoint or release must not be given up on lightly (a shard
+    /// released by nobody stays idle until the session ends): retried until it
+    /// succeeds, the lease is lost or the session goes away.
+    async fn store_persistently(&mut self, target: Target, release: bool) -> Result<(), Error> {
+        let mut backoff = Backoff::new(self.options.retry_backoff);
+        loop {
+            let error = match self.lease.store(target.clone(), release).await {
+                Ok(()) => return Ok(()),
+                Err(e) if matches!(e.kind(), ErrorKind::Connection | ErrorKind::Server) => e,
+                Err(e) => return Err(e),
+            };
+            let delay = backoff.next_delay();
+            warn!(error = %error, ?target, release, ?delay, "final checkpoint failed, retrying");
+            tokio::select! {
+                _ = self.control.wait_for(|c| c.lost || c.disconnected) => return Err(error),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}
+
+/// Waits for a signal that interrupts the shard's work.
+async fn interruption(control: &mut watch::Receiver<Control>) -> StopReason {
+    match control.wait_for(|c| c.interruption().is_some()).await {
+        Ok(c) => c.interruption().unwrap_or(StopReason::Disconnected),
+        Err(_) => StopReason::Disconnected,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs the handler on one batch: a panic or a timeout is an error like any other.
+async fn call_handler(handler: &dyn Handler, batch: Batch, timeout: Option<Duration>) -> Result<(), HandlerError> {
+    let future = match std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(batch))) {
+        Ok(future) => future,
+        Err(panic) => return Err(panicked(panic)),
+    };
+    let guarded = AssertUnwindSafe(future).catch_unwind();
+    let outcome = match timeout {
+        None => guarded.await,
+        Some(limit) => match tokio::time::timeout(limit, guarded).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                return Err(HandlerError::msg(format!("the handler did not finish within {limit:?} (handler_timeout)")))
+            }
+        },
+    };
+    outcome.unwrap_or_else(|panic| Err(panicked(panic)))
+}
+
+/// Runs a hook; a panic in it is logged, not propagated.
+async fn guarded_hook(hook: impl FnOnce() -> futures::future::BoxFuture<'static, ()>, name: &str) {
+    let outcome = match std::panic::catch_unwind(AssertUnwindSafe(hook)) {
+        Ok(future) => AssertUnwindSafe(future).catch_unwind().await,
+        Err(panic) => Err(panic),
+    };
+    if let Err(panic) = outcome {
+        error!(hook = name, error = %panicked(panic), "hook panicked");
+    }
+}
+
+fn panicked(payload: Box<dyn Any + Send>) -> HandlerError {
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(a payload that is not text)".into());
+    HandlerError::msg(format!("the handler panicked: {text}"))
+}

@@ -1,0 +1,44 @@
+"""Counts records per shard through a Kinesis Butler server and prints the counts every
+second. Ctrl-C stops cleanly: batches in hand finish, progress is checkpointed and the
+session closes, so the shards move to other processors at once.
+
+    pip install kinesis-butler   # or: bindings/python/test.sh builds and installs it
+    python examples/python/processor.py --endpoint http://127.0.0.1:50051 --app demo --stream demo
+"""
+
+import argparse
+import collections
+import threading
+
+from kinesis_butler import Consumer
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--endpoint", default="http://127.0.0.1:50051")
+parser.add_argument("--app", default="demo")
+parser.add_argument("--stream", action="append", required=True)
+args = parser.parse_args()
+
+counts = collections.Counter()
+
+
+def handle(batch):
+    # Runs on a worker thread; batches of one shard arrive one at a time, in order.
+    counts[f"{batch.stream}/{batch.shard_id}"] += len(batch.records)
+
+
+def report():
+    shards = " ".join(f"{shard}={n}" for shard, n in sorted(counts.items()))
+    print(f"total={sum(counts.values())} | {shards}", flush=True)
+
+
+def report_every_second(stop):
+    while not stop.wait(1):
+        report()
+
+
+stop = threading.Event()
+threading.Thread(target=report_every_second, args=(stop,), daemon=True).start()
+Consumer(args.endpoint, args.app, args.stream).run(handle)  # returns on Ctrl-C, once checkpointed
+stop.set()
+report()
+print("stopped cleanly")
