@@ -7,6 +7,11 @@ scripts/services.sh
 scripts/emulators.sh start
 trap 'scripts/emulators.sh stop' EXIT
 
+# The KPL tests encode aggregates with the reference encoder from PyPI.
+venv="${KB_VENV:-$root/.venv}"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check "aws-kinesis-agg==1.2.3" "six>=1.16"
+
 echo "== Rust: unit and integration tests"
 cargo test --workspace --all-targets
 cargo test --workspace --doc
