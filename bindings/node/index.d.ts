@@ -76,6 +76,8 @@ export interface ConsumerOptions {
   reconnectMaxDelayMs?: number
   /** Consecutive failed connections before run() rejects with ConnectionError (default: retry forever). */
   maxReconnectAttempts?: number
+  /** Failed attempts to open the first session before run() rejects with ConnectionError (default 6, about 6 s), so a wrong endpoint fails fast. */
+  maxInitialConnectAttempts?: number
   /** Limit on connecting and on each checkpoint call (default 10 s). */
   requestTimeoutMs?: number
   /** On stop, how long batches in hand may take to finish (default 30 s). */

@@ -139,6 +139,7 @@ const COUNTS = [
   'shardQueueBatches',
   'handlerRetries',
   'maxReconnectAttempts',
+  'maxInitialConnectAttempts',
 ]
 const LIMITS = { maxRecordsPerBatch: [0, 10000], maxConcurrentHandlers: [1, 2 ** 20], shardQueueBatches: [1, 2 ** 20] }
 const STRINGS = ['clientName', 'authToken', 'checkpoint', 'onFailure']

@@ -91,6 +91,7 @@ export interface NativeOptions {
   reconnectInitialDelayMs?: number
   reconnectMaxDelayMs?: number
   maxReconnectAttempts?: number
+  maxInitialConnectAttempts?: number
   requestTimeoutMs?: number
   shutdownTimeoutMs?: number
 }

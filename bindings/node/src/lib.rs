@@ -114,6 +114,7 @@ pub struct NativeOptions {
     pub reconnect_initial_delay_ms: Option<f64>,
     pub reconnect_max_delay_ms: Option<f64>,
     pub max_reconnect_attempts: Option<u32>,
+    pub max_initial_connect_attempts: Option<u32>,
     pub request_timeout_ms: Option<f64>,
     pub shutdown_timeout_ms: Option<f64>,
 }
@@ -237,6 +238,12 @@ impl NativeOptions {
                 return Err(invalid("maxReconnectAttempts must be at least 1 (leave it out to retry forever)"));
             }
             o.max_reconnect_attempts = Some(n);
+        }
+        if let Some(n) = self.max_initial_connect_attempts {
+            if n == 0 {
+                return Err(invalid("maxInitialConnectAttempts must be at least 1"));
+            }
+            o.max_initial_connect_attempts = Some(n);
         }
         if let Some(ms) = self.request_timeout_ms {
             o.request_timeout = positive_millis("requestTimeoutMs", ms)?;

@@ -15,6 +15,8 @@ const cases = [
   [[ENDPOINT, 'app', ['']], InvalidArgumentError, /must not be empty/],
   [[ENDPOINT, '', ['s']], InvalidArgumentError, /app must not be empty/],
   [['not a url', 'app', ['s']], InvalidArgumentError, /invalid endpoint/],
+  [['127.0.0.1:50051', 'app', ['s']], InvalidArgumentError, /http:\/\/ or https:\/\//],
+  [['http://127.0.0.1:50051', 'app', ['s'], { maxInitialConnectAttempts: 0 }], InvalidArgumentError, /maxInitialConnectAttempts/],
   [[ENDPOINT, 'app', 42], TypeError, /streams must be/],
   [[ENDPOINT, 'app', [1, 2]], TypeError, /stream names must be strings/],
   [[42, 'app', ['s']], TypeError, /endpoint must be a string/],

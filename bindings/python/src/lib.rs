@@ -87,7 +87,7 @@ impl PyConsumer {
         max_concurrent_handlers=None, shard_queue_batches=None,
         handler_retries=None, retry_initial_delay=None, retry_max_delay=None, on_failure=None,
         handler_timeout=None, reconnect_initial_delay=None, reconnect_max_delay=None,
-        max_reconnect_attempts=None, request_timeout=None, shutdown_timeout=None,
+        max_reconnect_attempts=None, max_initial_connect_attempts=None, request_timeout=None, shutdown_timeout=None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new<'py>(
@@ -116,6 +116,7 @@ impl PyConsumer {
         reconnect_initial_delay: Option<Bound<'py, PyAny>>,
         reconnect_max_delay: Option<Bound<'py, PyAny>>,
         max_reconnect_attempts: Option<Bound<'py, PyAny>>,
+        max_initial_connect_attempts: Option<Bound<'py, PyAny>>,
         request_timeout: Option<Bound<'py, PyAny>>,
         shutdown_timeout: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Self> {
@@ -142,6 +143,7 @@ impl PyConsumer {
             reconnect_initial_delay,
             reconnect_max_delay,
             max_reconnect_attempts,
+            max_initial_connect_attempts,
             request_timeout,
             shutdown_timeout,
         }

@@ -35,6 +35,7 @@ pub(crate) struct Kwargs<'py> {
     pub reconnect_initial_delay: Option<Bound<'py, PyAny>>,
     pub reconnect_max_delay: Option<Bound<'py, PyAny>>,
     pub max_reconnect_attempts: Option<Bound<'py, PyAny>>,
+    pub max_initial_connect_attempts: Option<Bound<'py, PyAny>>,
     pub request_timeout: Option<Bound<'py, PyAny>>,
     pub shutdown_timeout: Option<Bound<'py, PyAny>>,
 }
@@ -121,6 +122,10 @@ impl<'py> Kwargs<'py> {
         )?;
         if let Some(v) = &self.max_reconnect_attempts {
             o.max_reconnect_attempts = Some(integer(py, "max_reconnect_attempts", v, 1, u32::MAX as i64)? as u32);
+        }
+        if let Some(v) = &self.max_initial_connect_attempts {
+            o.max_initial_connect_attempts =
+                Some(integer(py, "max_initial_connect_attempts", v, 1, u32::MAX as i64)? as u32);
         }
         if let Some(v) = &self.request_timeout {
             o.request_timeout = positive_duration(py, "request_timeout", v)?;

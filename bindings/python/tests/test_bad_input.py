@@ -21,6 +21,8 @@ ENDPOINT = "http://127.0.0.1:50051"
         ((ENDPOINT, "app", [""]), {}, InvalidArgumentError, "must not be empty"),
         ((ENDPOINT, "", ["s"]), {}, InvalidArgumentError, "app must not be empty"),
         (("not a url", "app", ["s"]), {}, InvalidArgumentError, "invalid endpoint"),
+        (("127.0.0.1:50051", "app", ["s"]), {}, InvalidArgumentError, "http:// or https://"),
+        ((ENDPOINT, "app", ["s"]), {"max_initial_connect_attempts": 0}, InvalidArgumentError, "max_initial_connect_attempts"),
         ((ENDPOINT, "app", 42), {}, TypeError, "streams must be"),
         ((ENDPOINT, "app", [1, 2]), {}, TypeError, "stream names must be str"),
         ((42, "app", ["s"]), {}, TypeError, ""),

@@ -56,7 +56,15 @@ impl Target {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(20))
             .keep_alive_while_idle(true);
-        let https = endpoint.uri().scheme_str() == Some("https");
+        let https = match endpoint.uri().scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => {
+                return Err(invalid(format!(
+                    "invalid endpoint {url:?}: expected http:// or https://, e.g. http://127.0.0.1:50051"
+                )))
+            }
+        };
         match (&options.tls, https) {
             (Some(_), false) => {
                 return Err(invalid(format!("TLS options need an https:// endpoint, not {url:?}")));

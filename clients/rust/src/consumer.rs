@@ -95,7 +95,8 @@ impl Consumer {
 
     /// Runs `handler` on every record until the consumer is stopped (then `Ok`) or
     /// fails: a handler error with [`crate::FailurePolicy::Stop`], a stream that does
-    /// not exist, invalid settings, or `max_reconnect_attempts` failed connections.
+    /// not exist, invalid settings, or too many failed connections
+    /// (`max_initial_connect_attempts` before the first session, `max_reconnect_attempts` after).
     /// Connection losses are otherwise retried forever, with backoff.
     pub async fn run(&self, handler: impl Handler) -> Result<(), Error> {
         self.run_shared(Arc::new(handler)).await
@@ -135,6 +136,7 @@ impl Consumer {
     async fn sessions(&self, shared: &Arc<Shared>, workers: &mut JoinSet<()>) -> Result<(), Error> {
         let mut backoff = Backoff::new(self.options.reconnect_backoff);
         let mut failures = 0u32;
+        let mut connected_once = false;
         loop {
             let opened = tokio::select! {
                 biased;
@@ -147,6 +149,7 @@ impl Consumer {
                         "session started");
                     backoff.reset();
                     failures = 0;
+                    connected_once = true;
                     match session::run(shared, session, &self.stop, workers).await {
                         SessionEnd::Stopped => return Ok(()),
                         SessionEnd::Failed(e) => return Err(e),
@@ -159,7 +162,15 @@ impl Consumer {
                 Err(e) => {
                     failures += 1;
                     warn!(app = %self.app, attempt = failures, error = %e, "cannot open a session");
-                    if self.options.max_reconnect_attempts.is_some_and(|max| failures >= max) {
+                    let limit = if connected_once {
+                        self.options.max_reconnect_attempts
+                    } else {
+                        match (self.options.max_initial_connect_attempts, self.options.max_reconnect_attempts) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        }
+                    };
+                    if limit.is_some_and(|max| failures >= max) {
                         return Err(e);
                     }
                 }
@@ -202,6 +213,8 @@ mod tests {
         );
         assert_eq!(kind(Consumer::new("http://127.0.0.1:50051", "app", ["s", "s"], ok())), ErrorKind::InvalidArgument);
         assert_eq!(kind(Consumer::new("not a uri", "app", ["s"], ok())), ErrorKind::InvalidArgument);
+        assert_eq!(kind(Consumer::new("127.0.0.1:50051", "app", ["s"], ok())), ErrorKind::InvalidArgument);
+        assert_eq!(kind(Consumer::new("ftp://127.0.0.1:50051", "app", ["s"], ok())), ErrorKind::InvalidArgument);
         let tls_on_http = ConsumerOptions { tls: Some(TlsOptions::default()), ..ok() };
         assert_eq!(
             kind(Consumer::new("http://127.0.0.1:50051", "app", ["s"], tls_on_http)),
@@ -239,6 +252,17 @@ mod tests {
         let consumer = Consumer::new(format!("http://127.0.0.1:{port}"), "app", ["s"], options).unwrap();
         let result = tokio::time::timeout(std::time::Duration::from_secs(10), consumer.run(handler)).await;
         let err = result.expect("bounded").expect_err("nobody listens");
+        assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    }
+
+    #[tokio::test]
+    async fn with_default_options_a_wrong_endpoint_fails_instead_of_retrying_forever() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let consumer =
+            Consumer::new(format!("http://127.0.0.1:{port}"), "app", ["s"], ConsumerOptions::default()).unwrap();
+        let handler = |_batch: crate::Batch| async { Ok::<(), crate::HandlerError>(()) };
+        let result = tokio::time::timeout(std::time::Duration::from_secs(30), consumer.run(handler)).await;
+        let err = result.expect("gives up within the initial attempts").expect_err("nobody listens");
         assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
     }
 }

@@ -119,6 +119,11 @@ pub struct ConsumerOptions {
     /// Consecutive failed connection attempts before [`crate::Consumer::run`] gives up
     /// with [`crate::ErrorKind::Connection`]. `None`: retry forever.
     pub max_reconnect_attempts: Option<u32>,
+    /// Failed attempts to open the very first session before [`crate::Consumer::run`]
+    /// gives up with [`crate::ErrorKind::Connection`], so that a wrong endpoint fails
+    /// in seconds instead of retrying forever. Once a session was open, only
+    /// `max_reconnect_attempts` applies. `None`: retry forever.
+    pub max_initial_connect_attempts: Option<u32>,
     /// Limit on establishing a connection, and on each checkpoint call.
     pub request_timeout: Duration,
     /// On stop, how long batches in hand may take to finish before their handlers are
@@ -143,6 +148,7 @@ impl Default for ConsumerOptions {
             handler_timeout: None,
             reconnect_backoff: BackoffSettings { initial: Duration::from_millis(200), max: Duration::from_secs(10) },
             max_reconnect_attempts: None,
+            max_initial_connect_attempts: Some(6),
             request_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(30),
         }
@@ -177,6 +183,7 @@ impl fmt::Debug for ConsumerOptions {
             .field("handler_timeout", &self.handler_timeout)
             .field("reconnect_backoff", &self.reconnect_backoff)
             .field("max_reconnect_attempts", &self.max_reconnect_attempts)
+            .field("max_initial_connect_attempts", &self.max_initial_connect_attempts)
             .field("request_timeout", &self.request_timeout)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .finish()

@@ -85,7 +85,9 @@ class Consumer:
     - ``handler_timeout``: a call taking longer fails (and is retried); default none.
     - ``reconnect_initial_delay`` (0.2 s), ``reconnect_max_delay`` (10 s),
       ``max_reconnect_attempts``: consecutive failed connections before ``run`` raises
-      ``ConnectionError`` (default: retry forever).
+      ``ConnectionError`` (default: retry forever); ``max_initial_connect_attempts`` (6):
+      failed attempts to open the first session before ``run`` raises ``ConnectionError``,
+      so that a wrong endpoint fails in seconds.
     - ``request_timeout`` (10 s), ``shutdown_timeout`` (30 s: how long batches in hand
       may take to finish on stop).
 
@@ -119,6 +121,7 @@ class Consumer:
         reconnect_initial_delay: Optional[_Duration] = None,
         reconnect_max_delay: Optional[_Duration] = None,
         max_reconnect_attempts: Optional[int] = None,
+        max_initial_connect_attempts: Optional[int] = None,
         request_timeout: Optional[_Duration] = None,
         shutdown_timeout: Optional[_Duration] = None,
     ) -> Self: ...

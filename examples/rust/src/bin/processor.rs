@@ -83,7 +83,7 @@ impl Handler for Counter {
 fn print_counts(counts: &BTreeMap<String, u64>) {
     let total: u64 = counts.values().sum();
     let shards: Vec<String> = counts.iter().map(|(shard, n)| format!("{shard}={n}")).collect();
-    println!("total {total} | {}", shards.join(" "));
+    println!("total={total} | {}", shards.join(" "));
 }
 
 async fn shutdown_signal() {
@@ -100,7 +100,11 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,kinesis_butler_client=info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 
     let mut options = ConsumerOptions { max_records_per_batch: args.batch_size, ..ConsumerOptions::default() };
     if let Some(name) = args.name {
