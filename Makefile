@@ -10,6 +10,9 @@ test:
 bench:
 	scripts/bench.sh
 
+faults:
+	scripts/faults.sh
+
 build:
 	cargo build --workspace --bins
 

@@ -2,7 +2,7 @@
 # Installs and runs the local Kinesis emulators used by the demo and the tests.
 #   scripts/emulators.sh install              npm packages into .tools/
 #   scripts/emulators.sh start [NAME...]      start (kinesis-local, kinesalite) unless running
-#   scripts/emulators.sh stop                 stop what this script started
+#   scripts/emulators.sh stop [NAME...]       stop what this script started (or only NAME)
 # Ports: kinesis-local 4610 (TLS 4611), kinesalite 4620; override with env.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -58,10 +58,13 @@ case "${1:-}" in
     shift
     for name in "${@:-kinesis-local kinesalite}"; do for n in $name; do start_one "$n"; done; done ;;
   stop)
-    for f in "$run"/*.pid; do
+    shift
+    pids=("$run"/*.pid)
+    if [ $# -gt 0 ]; then pids=(); for n in "$@"; do pids+=("$run/$n.pid"); done; fi
+    for f in "${pids[@]}"; do
       [ -f "$f" ] || continue
       kill "$(cat "$f")" 2>/dev/null || true
       rm -f "$f"
     done ;;
-  *) echo "usage: $0 install|start [kinesis-local|kinesalite]...|stop" >&2; exit 2 ;;
+  *) echo "usage: $0 install|start [kinesis-local|kinesalite]...|stop [kinesis-local|kinesalite]..." >&2; exit 2 ;;
 esac

@@ -12,158 +12,18 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use common::driver::figure;
+use common::private_redis::PrivateRedis;
+use common::tcp_proxy::Proxy;
 use common::*;
 use kinesis_butler_proto as pb;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-
-/// A `redis-server` of this test only, on a free port, nothing on disk; killed on drop.
-struct PrivateRedis {
-    port: u16,
-    child: Child,
-}
-
-impl PrivateRedis {
-    async fn start(dir: &Path) -> Result<Self> {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .context("spawning redis-server (is it on PATH?)")?;
-        let mut redis = PrivateRedis { port, child };
-        within(10, "redis-server to accept connections", async {
-            loop {
-                if let Some(status) = redis.child.try_wait()? {
-                    anyhow::bail!("redis-server exited: {status}");
-                }
-                if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                    return Ok(());
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await??;
-        Ok(redis)
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A TCP proxy in front of a port that can be cut (every open connection closed, the
-/// listening port closed so connects are refused) and restored on the same port.
-struct Proxy {
-    port: u16,
-    up: watch::Sender<bool>,
-    /// Tells whether the listener is bound (true) or closed (false), once it is so.
-    listening: watch::Receiver<bool>,
-    stop: CancellationToken,
-}
-
-impl Proxy {
-    async fn start(target: u16) -> Result<Self> {
-        let port = free_port();
-        let (up, up_rx) = watch::channel(true);
-        let (listening_tx, listening) = watch::channel(false);
-        let stop = CancellationToken::new();
-        tokio::spawn(run_proxy(port, target, up_rx, listening_tx, stop.clone()));
-        let proxy = Proxy { port, up, listening, stop };
-        proxy.wait_listening(true).await?;
-        Ok(proxy)
-    }
-
-    async fn wait_listening(&self, want: bool) -> Result<()> {
-        let mut rx = self.listening.clone();
-        within(10, "proxy listener", rx.wait_for(|l| *l == want)).await??;
-        Ok(())
-    }
-
-    async fn cut(&self) -> Result<()> {
-        self.up.send_replace(false);
-        self.wait_listening(false).await
-    }
-
-    async fn restore(&self) -> Result<()> {
-        self.up.send_replace(true);
-        self.wait_listening(true).await
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-fn bind(port: u16) -> std::io::Result<TcpListener> {
-    let socket = TcpSocket::new_v4()?;
-    socket.set_reuseaddr(true)?;
-    socket.bind(([127, 0, 0, 1], port).into())?;
-    socket.listen(128)
-}
-
-async fn run_proxy(
-    port: u16,
-    target: u16,
-    mut up: watch::Receiver<bool>,
-    listening: watch::Sender<bool>,
-    stop: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            ok = up.wait_for(|u| *u) => if ok.is_err() { return },
-        }
-        let listener = match bind(port) {
-            Ok(l) => l,
-            Err(e) => panic!("proxy cannot bind 127.0.0.1:{port} again: {e}"),
-        };
-        listening.send_replace(true);
-        let cut = stop.child_token();
-        loop {
-            tokio::select! {
-                _ = cut.cancelled() => break,
-                _ = up.wait_for(|u| !*u) => break,
-                accepted = listener.accept() => {
-                    let Ok((client, _)) = accepted else { continue };
-                    tokio::spawn(relay(client, target, cut.clone()));
-                }
-            }
-        }
-        cut.cancel();
-        drop(listener);
-        listening.send_replace(false);
-    }
-}
-
-async fn relay(mut client: TcpStream, target: u16, cut: CancellationToken) {
-    let Ok(mut upstream) = TcpStream::connect(("127.0.0.1", target)).await else {
-        return;
-    };
-    tokio::select! {
-        _ = cut.cancelled() => {}
-        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
-    }
-}
 
 const SERVICES: [&str; 2] = ["", "kinesis_butler.v1.Butler"];
 

@@ -560,6 +560,12 @@ impl Producer {
         self.put.lock().unwrap().clone()
     }
 
+    /// Tells how many records were put so far, from any task.
+    pub fn counter(&self) -> impl Fn() -> usize + Send + Sync + 'static {
+        let put = self.put.clone();
+        move || put.lock().unwrap().values().map(Vec::len).sum()
+    }
+
     /// Stops putting and returns every record put, per shard in sequence order.
     pub async fn finish(self) -> Result<BTreeMap<String, Vec<Put>>> {
         self.stop.cancel();

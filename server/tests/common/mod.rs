@@ -4,6 +4,8 @@
 
 pub mod driver;
 pub mod fault_proxy;
+pub mod private_redis;
+pub mod tcp_proxy;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -153,16 +155,22 @@ impl TestServer {
     }
 
     pub async fn start_on(port: u16, store: &str, emulator: Emulator, extra: &[&str]) -> Result<Self> {
-        Self::spawn(port, store, emulator, extra, None).await
+        Self::spawn(port, store, &emulator.endpoint(), extra, None).await
+    }
+
+    /// On `port`, reading Kinesis at `endpoint` (e.g. a proxy in front of an emulator),
+    /// with the log written to `log` as in `start_logged`.
+    pub async fn start_via(port: u16, store: &str, endpoint: &str, extra: &[&str], log: &Path) -> Result<Self> {
+        Self::spawn(port, store, endpoint, extra, Some(log)).await
     }
 
     /// Like `start`, with the server's log (stderr, at `info` unless `KB_TEST_LOG` says
     /// otherwise) written to the file `log`, for tests that check what it reports.
     pub async fn start_logged(store: &str, emulator: Emulator, extra: &[&str], log: &Path) -> Result<Self> {
-        Self::spawn(free_port(), store, emulator, extra, Some(log)).await
+        Self::spawn(free_port(), store, &emulator.endpoint(), extra, Some(log)).await
     }
 
-    async fn spawn(port: u16, store: &str, emulator: Emulator, extra: &[&str], log: Option<&Path>) -> Result<Self> {
+    async fn spawn(port: u16, store: &str, endpoint: &str, extra: &[&str], log: Option<&Path>) -> Result<Self> {
         let listen = format!("127.0.0.1:{port}");
         let default_level = if log.is_some() { "info" } else { "warn" };
         let stderr = match log {
@@ -178,7 +186,7 @@ impl TestServer {
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env("AWS_REGION", "us-east-1")
-            .env("AWS_ENDPOINT_URL_KINESIS", emulator.endpoint())
+            .env("AWS_ENDPOINT_URL_KINESIS", endpoint)
             .env("RUST_LOG", std::env::var("KB_TEST_LOG").unwrap_or_else(|_| default_level.into()))
             .stdin(Stdio::null())
             .stderr(stderr)
