@@ -529,7 +529,7 @@ async fn unreachable_servers_are_unavailable_and_passwords_stay_secret() {
 
 #[tokio::test]
 async fn unsupported_options_are_clear_errors() {
-    let err = open_error("postgres://postgres:s3cret-pw@127.0.0.1:5432/test?sslmode=require").await;
+    let err = open_error("postgres://postgres:s3cret-pw@127.0.0.1:5432/test?sslrootcert=/tmp/ca.pem").await;
     assert!(matches!(&err, StoreError::Backend(m) if m.contains("sslmode=require")), "{err:?}");
     assert!(!err.to_string().contains("s3cret-pw"), "password in {err}");
     let err = open_error("redis://127.0.0.1:6379/?prefix={x}").await;

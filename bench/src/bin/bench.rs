@@ -197,6 +197,34 @@ async fn rust_client_read(server: &Server, stream: &str, expect: usize, app: &st
     Ok((n as f64 / elapsed, server.cpu_seconds() - cpu_before))
 }
 
+/// Reads `expect` records of `stream` with the Python and the Node batch handlers
+/// (`bindings/*/bench.*`, each under its own app so each reads every record), when
+/// their packages are built; returns records/s per language.
+fn binding_reads(args: &Args, endpoint: &str, stream: &str, expect: usize) -> Result<Vec<(&'static str, f64)>> {
+    let mut out = Vec::new();
+    let expect = expect.to_string();
+    let common = ["--endpoint", endpoint, "--stream", stream, "--expect", &expect];
+    if args.python.exists() && Path::new("bindings/python/bench.py").exists() {
+        let rps = script_read(
+            Command::new(&args.python)
+                .arg("bindings/python/bench.py")
+                .args(common)
+                .args(["--app", &format!("python-{}", now_ms())]),
+        )?;
+        out.push(("Python", rps));
+    }
+    if Path::new("bindings/node/bench.js").exists() {
+        let rps = script_read(
+            Command::new("node")
+                .arg("bindings/node/bench.js")
+                .args(common)
+                .args(["--app", &format!("node-{}", now_ms())]),
+        )?;
+        out.push(("Node", rps));
+    }
+    Ok(out)
+}
+
 /// Runs a language's bench script; it prints `records_per_sec=<float>`.
 fn script_read(cmd: &mut Command) -> Result<f64> {
     let out = cmd.stderr(Stdio::inherit()).output()?;
@@ -219,7 +247,10 @@ struct Row {
 }
 
 fn row(section: &'static str, what: impl Into<String>, value: String, baseline: String, ratio: String) -> Row {
-    Row { section, what: what.into(), value, baseline, ratio }
+    let what = what.into();
+    // Progress as it is measured, so a later failure does not hide earlier figures.
+    eprintln!("[{section}] {what}: {value} (baseline {baseline}, ratio {ratio})");
+    Row { section, what, value, baseline, ratio }
 }
 
 async fn relay(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
@@ -265,42 +296,11 @@ async fn relay(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
             "-".into(),
         ));
 
-        let py_script = Path::new("bindings/python/bench.py");
-        if args.python.exists() && py_script.exists() {
-            let rps = script_read(Command::new(&args.python).arg(py_script).args([
-                "--endpoint",
-                &server.endpoint,
-                "--app",
-                "python",
-                "--stream",
-                "relay",
-                "--expect",
-                &total.to_string(),
-            ]))?;
+        for (lang, rps) in binding_reads(args, &server.endpoint, "relay", total)? {
             rows.push(row(
                 "relay",
-                format!("server → Python batch handler, {size} B"),
-                format!("{rps:.0} rec/s"),
-                format!("{direct:.0}"),
-                format!("{:.2}", rps / direct),
-            ));
-        }
-        let node_script = Path::new("bindings/node/bench.js");
-        if node_script.exists() {
-            let rps = script_read(Command::new("node").arg(node_script).args([
-                "--endpoint",
-                &server.endpoint,
-                "--app",
-                "node",
-                "--stream",
-                "relay",
-                "--expect",
-                &total.to_string(),
-            ]))?;
-            rows.push(row(
-                "relay",
-                format!("server → Node batch handler, {size} B"),
-                format!("{rps:.0} rec/s"),
+                format!("server → {lang} batch handler, {size} B"),
+                format!("{rps:.0} rec/s ({:.1} MB/s)", mb(rps)),
                 format!("{direct:.0}"),
                 format!("{:.2}", rps / direct),
             ));
@@ -355,7 +355,10 @@ async fn put_timed(client: &aws_sdk_kinesis::Client, stream: &str, count: usize,
                     .expect("entry")
             })
             .collect::<Vec<_>>();
-        client.put_records().stream_name(stream).set_records(Some(entries)).send().await?;
+        // PutRecords takes at most 500 records.
+        for chunk in entries.chunks(500) {
+            client.put_records().stream_name(stream).set_records(Some(chunk.to_vec())).send().await?;
+        }
         sent += n;
     }
     Ok(())
@@ -373,7 +376,7 @@ async fn kinesalite(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
     let client = kinesis_client(&args.kinesalite);
     let stream = format!("bench-{}", now_ms());
     create_stream(&client, &stream, 4).await?;
-    let total = 40_000;
+    let total = 100_000;
     put_timed(&client, &stream, total, 20_000).await?;
     let (n, secs) = direct_read(&client, &stream, total).await?;
     let direct = n as f64 / secs;
@@ -394,6 +397,15 @@ async fn kinesalite(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
         format!("{direct:.0}"),
         format!("{:.2}", through / direct),
     ));
+    for (lang, rps) in binding_reads(args, &server.endpoint, &stream, total)? {
+        rows.push(row(
+            "kinesalite",
+            format!("server → {lang} batch handler, 100 B"),
+            format!("{rps:.0} rec/s"),
+            format!("{direct:.0}"),
+            format!("{:.2}", rps / direct),
+        ));
+    }
 
     // Latency: records put at a steady rate while each reader runs, measured put → handler.
     let lat_stream = format!("latency-{}", now_ms());

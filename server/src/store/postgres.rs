@@ -5,16 +5,21 @@
 //! depend on a lease's state lock its row (`SELECT … FOR UPDATE`) and apply the rules of
 //! `rules.rs`; the others are single statements. A few connections are kept; one that died
 //! is reopened on the next call.
+//!
+//! TLS: `sslmode=require` connects over TLS (rustls) and verifies the server certificate
+//! against the system roots, or against the PEM file named by `sslrootcert=PATH`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Config, NoTls, Row, Transaction};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::rules::{acquirable, checkpoint_allowed, released};
 use super::{
@@ -65,6 +70,8 @@ pub struct PostgresStore {
     /// Quoted schema name, if not the default.
     schema: Option<String>,
     shown_url: String,
+    /// The TLS connector with `sslmode=require`.
+    tls: Option<MakeRustlsConnect>,
     slots: Vec<Mutex<Option<Client>>>,
     next: AtomicUsize,
 }
@@ -155,19 +162,53 @@ async fn write_lease(tx: &Transaction<'_>, group: &GroupKey, lease: &Lease) -> O
     Ok(())
 }
 
+/// rustls settings for `sslmode=require`: the system roots, or the certificates of the
+/// PEM file `root_cert`.
+fn tls_config(root_cert: Option<&str>) -> StoreResult<rustls::ClientConfig> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let bad = |m: String| StoreError::Backend(format!("postgres TLS: {m}"));
+    let mut roots = rustls::RootCertStore::empty();
+    match root_cert {
+        Some(path) => {
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(format!("sslrootcert {path}: {e}")))? {
+                roots
+                    .add(cert.map_err(|e| bad(format!("sslrootcert {path}: {e}")))?)
+                    .map_err(|e| bad(e.to_string()))?;
+            }
+        }
+        None => {
+            let (added, _) = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            if added == 0 {
+                return Err(bad("no system root certificates found; name a CA file with sslrootcert=PATH".into()));
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 impl PostgresStore {
     /// Connects to `postgres://…` / `postgresql://…` and creates the tables if needed. An
     /// optional query parameter `schema=…` selects (and creates) the schema.
     pub async fn open(url: &str) -> StoreResult<Self> {
         let (url, schema) = take_query_param(url, "schema");
+        let (url, root_cert) = take_query_param(&url, "sslrootcert");
         let shown_url = redact_url(&url);
         let mut config: Config =
             url.parse().map_err(|e| StoreError::Backend(format!("bad postgres URL {shown_url}: {e}")))?;
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(StoreError::Backend(format!(
-                "postgres store {shown_url}: TLS (sslmode=require) is not supported yet; use sslmode=disable or prefer"
-            )));
-        }
+        let tls = match config.get_ssl_mode() {
+            SslMode::Require => Some(MakeRustlsConnect::new(tls_config(root_cert.as_deref())?)),
+            _ if root_cert.is_some() => {
+                return Err(StoreError::Backend(format!(
+                    "postgres store {shown_url}: sslrootcert needs sslmode=require"
+                )))
+            }
+            _ => None,
+        };
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
@@ -176,6 +217,7 @@ impl PostgresStore {
             config,
             schema: schema.filter(|s| !s.is_empty()).map(|s| quote_ident(&s)),
             shown_url,
+            tls,
             slots: (0..POOL_SIZE).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
         };
@@ -195,19 +237,32 @@ impl PostgresStore {
 
     async fn connect(&self) -> StoreResult<Client> {
         let on_err = |e: tokio_postgres::Error| {
-            let msg = format!("cannot connect to {}: {e}", self.shown_url);
+            // The driver's message alone hides the cause ("error performing TLS handshake").
+            let mut msg = format!("cannot connect to {}: {e}", self.shown_url);
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                msg.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
             if e.as_db_error().is_some() {
                 StoreError::Backend(msg)
             } else {
                 StoreError::Unavailable(msg)
             }
         };
-        let (client, connection) = self.config.connect(NoTls).await.map_err(on_err)?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!("postgres lease store connection closed: {e}");
+        let closed = |e: tokio_postgres::Error| tracing::warn!("postgres lease store connection closed: {e}");
+        let client = match &self.tls {
+            Some(tls) => {
+                let (client, connection) = self.config.connect(tls.clone()).await.map_err(on_err)?;
+                tokio::spawn(async move { connection.await.unwrap_or_else(closed) });
+                client
             }
-        });
+            None => {
+                let (client, connection) = self.config.connect(NoTls).await.map_err(on_err)?;
+                tokio::spawn(async move { connection.await.unwrap_or_else(closed) });
+                client
+            }
+        };
         let search_path = self.schema.as_ref().map(|s| format!("SET search_path TO {s};"));
         client
             .batch_execute(&format!("{SESSION_SETTINGS}{}", search_path.unwrap_or_default()))
