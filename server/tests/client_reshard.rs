@@ -4,7 +4,6 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Result;
 use common::client::{no_work, spawn, stop, test_options, Journal, Recorder, ShardEvent};
@@ -37,16 +36,7 @@ async fn a_split_parent_is_ended_before_its_children_are_read() -> Result<()> {
         .new_starting_hash_key("170141183460469231731687303715884105728")
         .send()
         .await?;
-    within(30, "the stream to be ACTIVE after the split", async {
-        loop {
-            let d = kinesis.describe_stream_summary().stream_name(&stream).send().await?;
-            if d.stream_description_summary().map(|s| s.stream_status().as_str()) == Some("ACTIVE") {
-                return Ok::<_, anyhow::Error>(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await??;
+    wait_active(&kinesis, &stream).await?;
     let after = put_records(&kinesis, &stream, 100, 100).await?;
     assert!(!after.contains_key(&parent), "new records go to the children");
     journal.wait_until(90, "the children's records handled", |j| handled(j) >= 200).await?;

@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use common::*;
@@ -106,16 +105,7 @@ async fn a_closed_shard_ends_under_fan_out() -> Result<()> {
         .new_starting_hash_key("170141183460469231731687303715884105728")
         .send()
         .await?;
-    within(30, "split to finish", async {
-        loop {
-            let d = kinesis.describe_stream_summary().stream_name(&stream).send().await?;
-            if d.stream_description_summary().map(|s| s.stream_status().as_str()) == Some("ACTIVE") {
-                return Ok::<_, anyhow::Error>(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await??;
+    wait_active(&kinesis, &stream).await?;
     let children = put_records(&kinesis, &stream, 100, 100).await?;
 
     let dir = tempfile::tempdir()?;

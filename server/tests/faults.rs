@@ -105,16 +105,7 @@ async fn a_parent_past_retention_no_longer_blocks_its_children() -> Result<()> {
         .new_starting_hash_key("170141183460469231731687303715884105728")
         .send()
         .await?;
-    within(30, "split to finish", async {
-        loop {
-            let d = kinesis.describe_stream_summary().stream_name(&stream).send().await?;
-            if d.stream_description_summary().map(|s| s.stream_status().as_str()) == Some("ACTIVE") {
-                return Ok::<_, anyhow::Error>(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await??;
+    wait_active(&kinesis, &stream).await?;
     let children = put_records(&kinesis, &stream, 50, 200).await?;
     assert!(!children.contains_key("shardId-000000000000"), "new records go to the children");
 

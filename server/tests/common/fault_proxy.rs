@@ -7,12 +7,11 @@
 //! Faults are picked by counting calls, so a run is reproducible; every call is counted.
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -24,7 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use super::{free_port, within, TestServer};
+use super::{free_port, TestServer};
 
 /// Which calls fail, as "one in n" of each operation's calls (0: never). When several
 /// pick the same call the first listed wins.
@@ -274,31 +273,5 @@ impl State {
 
 /// Starts a `kinesis-butler` whose Kinesis endpoint is `endpoint` (e.g. a proxy).
 pub async fn start_server_via(endpoint: &str, store: &str, extra: &[&str]) -> Result<TestServer> {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_kinesis-butler"))
-        .args(["--listen", &listen, "--store", store])
-        .args(["--balance-interval", "200ms", "--idle-interval", "100ms", "--handoff-grace", "2s"])
-        .args(extra)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ENDPOINT_URL_KINESIS", endpoint)
-        .env("RUST_LOG", std::env::var("KB_TEST_LOG").unwrap_or_else(|_| "warn".into()))
-        .stdin(Stdio::null())
-        .spawn()
-        .context("spawning kinesis-butler")?;
-    let mut server = TestServer { addr: format!("http://{listen}"), child };
-    within(30, "server to accept connections", async {
-        loop {
-            if let Some(status) = server.child.try_wait()? {
-                bail!("server exited early: {status}");
-            }
-            if tokio::net::TcpStream::connect(&listen).await.is_ok() {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await??;
-    Ok(server)
+    TestServer::spawn(free_port(), store, endpoint, extra, None).await
 }

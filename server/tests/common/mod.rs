@@ -70,6 +70,11 @@ pub async fn create_stream(client: &aws_sdk_kinesis::Client, name: &str, shards:
         .send()
         .await
         .context("CreateStream (is the emulator running? scripts/emulators.sh start)")?;
+    wait_active(client, name).await
+}
+
+/// Waits (bounded) until the stream is ACTIVE, as after a create, split or merge.
+pub async fn wait_active(client: &aws_sdk_kinesis::Client, name: &str) -> Result<()> {
     within(30, "stream to become ACTIVE", async {
         loop {
             let d = client.describe_stream_summary().stream_name(name).send().await?;
