@@ -1,6 +1,6 @@
 // Type definitions of kinesis-butler. The native types (./native.d.ts) are generated
 // by napi-rs from the Rust sources; this file describes the JavaScript layer over them.
-import type { LogEvent, NativeBatch, NativeRecord, TlsOptions } from './native'
+import type { LogEvent, NativeBatch, TlsOptions } from './native'
 
 export type { LogEvent, TlsOptions }
 
@@ -11,8 +11,8 @@ export type { LogEvent, TlsOptions }
 export declare function setLogger(logger: ((event: LogEvent) => void) | null): void
 
 /** One Kinesis record. */
-export interface Record extends NativeRecord {
-  /** The payload. */
+export interface Record {
+  /** The payload (a view into one Buffer per batch: copy it to keep it past the batch cheaply). */
   data: Buffer
   partitionKey: string
   /** A decimal string of up to 128 bits; compare as BigInt. */
@@ -20,7 +20,7 @@ export interface Record extends NativeRecord {
   /** Position inside a KPL-aggregated record; 0 otherwise. */
   subSequenceNumber: number
   /** When Kinesis received the record. */
-  approximateArrivalTimestamp: Date
+  readonly approximateArrivalTimestamp: Date
   approximateArrivalTimestampMs: number
 }
 

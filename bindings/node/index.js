@@ -89,6 +89,47 @@ function typeOf(value) {
   return /^[aeiou]/i.test(type) ? `an ${type}` : `a ${type}`
 }
 
+/** One Kinesis record. */
+class Record {
+  constructor(data, partitionKey, sequenceNumber, subSequenceNumber, approximateArrivalTimestampMs) {
+    this.data = data
+    this.partitionKey = partitionKey
+    this.sequenceNumber = sequenceNumber
+    this.subSequenceNumber = subSequenceNumber
+    this.approximateArrivalTimestampMs = approximateArrivalTimestampMs
+  }
+
+  get approximateArrivalTimestamp() {
+    return new Date(this.approximateArrivalTimestampMs)
+  }
+}
+
+// The native side hands a batch over as columns (one Buffer, two strings, offsets):
+// far cheaper than an object per record across the N-API boundary.
+function unpack(p) {
+  const n = p.dataEnds.length
+  const records = new Array(n)
+  let data = 0
+  let key = 0
+  let seq = 0
+  for (let i = 0; i < n; i++) {
+    const dataEnd = p.dataEnds[i]
+    const keyEnd = p.partitionKeyEnds[i]
+    const seqEnd = p.sequenceNumberEnds[i]
+    records[i] = new Record(
+      p.data.subarray(data, dataEnd),
+      p.partitionKeys.substring(key, keyEnd),
+      p.sequenceNumbers.substring(seq, seqEnd),
+      p.subSequenceNumbers[i],
+      p.approximateArrivalTimestampsMs[i],
+    )
+    data = dataEnd
+    key = keyEnd
+    seq = seqEnd
+  }
+  return records
+}
+
 /** Records of one shard, in sequence order, following the shard's previous batch. */
 class Batch {
   #native
@@ -99,8 +140,7 @@ class Batch {
     this.leaseEpoch = native.leaseEpoch
     this.millisBehindLatest = native.millisBehindLatest
     this.attempt = native.attempt
-    this.records = native.records()
-    for (const r of this.records) r.approximateArrivalTimestamp = new Date(r.approximateArrivalTimestampMs)
+    this.records = unpack(native.packedRecords())
   }
 
   /**

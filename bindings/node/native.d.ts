@@ -16,8 +16,8 @@ export declare class NativeBatch {
   get leaseEpoch(): number
   get millisBehindLatest(): number
   get attempt(): number
-  /** The records, in sequence order (a new array on every call). */
-  records(): Array<NativeRecord>
+  /** The records, in sequence order, as columns (see [`PackedRecords`]). */
+  packedRecords(): PackedRecords
   /**
    * Checkpoints up to and including the record with this sequence number, or the
    * whole batch; resolves `null` once stored, or the error.
@@ -96,13 +96,26 @@ export interface NativeOptions {
   shutdownTimeoutMs?: number
 }
 
-/** One Kinesis record (`index.js` adds `approximateArrivalTimestamp` as a `Date`). */
-export interface NativeRecord {
+/**
+ * The records of a batch in a few columns, so that crossing into JavaScript costs a
+ * handful of values per batch instead of several per record; `index.js` slices them
+ * into record objects (`data` is a view into one `Buffer` per batch).
+ */
+export interface PackedRecords {
+  /** Every payload, one after the other. */
   data: Buffer
-  partitionKey: string
-  sequenceNumber: string
-  subSequenceNumber: number
-  approximateArrivalTimestampMs: number
+  /** End offset of each payload in `data`. */
+  dataEnds: Uint32Array
+  /** Every partition key, one after the other. */
+  partitionKeys: string
+  /** End offset of each partition key, in UTF-16 code units. */
+  partitionKeyEnds: Uint32Array
+  /** Every sequence number, one after the other. */
+  sequenceNumbers: string
+  /** End offset of each sequence number (ASCII digits). */
+  sequenceNumberEnds: Uint32Array
+  subSequenceNumbers: Float64Array
+  approximateArrivalTimestampsMs: Float64Array
 }
 
 /** Sets the function receiving the client's log events (`null`: none). */

@@ -496,10 +496,29 @@ async fn poll_latency(client: aws_sdk_kinesis::Client, stream: String, out: Arc<
     Ok(())
 }
 
-async fn redis_command_count() -> Result<u64> {
-    let out = Command::new("redis-cli").args(["-h", "127.0.0.1", "INFO", "commandstats"]).output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text.lines().filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok()).sum())
+/// What Redis receives for `window`: commands sent by clients (round trips) and every
+/// command it runs, including those inside Lua scripts (`MONITOR` tags those `lua`).
+async fn redis_traffic(window: Duration) -> Result<(u64, u64)> {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "monitor"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("redis-cli monitor")?;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().context("monitor output")?).lines();
+    let (mut round_trips, mut all) = (0u64, 0u64);
+    let _ = tokio::time::timeout(window, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.starts_with(|c: char| c.is_ascii_digit()) {
+                all += 1;
+                round_trips += u64::from(!line.contains(" lua] "));
+            }
+        }
+    })
+    .await;
+    child.kill().await?;
+    Ok((round_trips, all))
 }
 
 async fn cost(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
@@ -531,15 +550,21 @@ async fn cost(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss = server.rss_mib();
-    let before = redis_command_count().await?;
     let window = 10.0;
-    tokio::time::sleep(Duration::from_secs_f64(window)).await;
-    let ops = (redis_command_count().await? - before) as f64 / window / shards as f64;
+    let (round_trips, commands) = redis_traffic(Duration::from_secs_f64(window)).await?;
+    let per_shard = |n: u64| n as f64 / window / shards as f64;
     rows.push(row("cost", "server RSS, 1,000 leased shards idle", format!("{rss:.0} MiB"), "-".into(), "-".into()));
     rows.push(row(
         "cost",
-        "store operations per second per shard (Redis)",
-        format!("{ops:.4}"),
+        "store round trips per second per shard (Redis, steady state)",
+        format!("{:.4}", per_shard(round_trips)),
+        "-".into(),
+        "-".into(),
+    ));
+    rows.push(row(
+        "cost",
+        "Redis commands per second per shard, incl. inside Lua scripts",
+        format!("{:.2}", per_shard(commands)),
         "-".into(),
         "-".into(),
     ));

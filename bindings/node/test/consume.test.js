@@ -58,7 +58,8 @@ for (const style of ['sync', 'async']) {
 test('records and batches carry the Kinesis fields', async () => {
   const stream = await newStream(1)
   const startedAt = Date.now() - 5000
-  await stream.putRecords(5, 64)
+  // Partition keys beyond ASCII (a surrogate pair too): records cross as columns with offsets.
+  await stream.putRecords(5, 64, 'ключ-😀-')
   const consumer = new Consumer(server.endpoint, unique('app'), [stream.name], FAST)
   let seen
   await runBounded(
@@ -79,7 +80,15 @@ test('records and batches carry the Kinesis fields', async () => {
   const first = seen.records[0]
   assert.ok(Buffer.isBuffer(first.data))
   assert.deepEqual(first.data, Buffer.from('rec-00000000-'.padEnd(64, '.')))
-  assert.equal(first.partitionKey, 'key-0')
+  assert.equal(first.partitionKey, 'ключ-😀-0')
+  assert.deepEqual(
+    seen.records.map((r) => [r.partitionKey, r.data.toString()]),
+    [0, 1, 2, 3, 4].map((n) => [`ключ-😀-${n}`, `rec-${String(n).padStart(8, '0')}-`.padEnd(64, '.')]),
+  )
+  assert.deepEqual(
+    seen.records.map((r) => r.sequenceNumber),
+    stream.put.get('shardId-000000000000').map((r) => r.seq),
+  )
   assert.equal(first.sequenceNumber, stream.put.get('shardId-000000000000')[0].seq)
   assert.equal(first.subSequenceNumber, 0)
   assert.ok(first.approximateArrivalTimestamp instanceof Date)

@@ -94,12 +94,12 @@ class Stream {
     this.count = 0
   }
 
-  /** Puts `count` records `rec-<n>` (n counts on over calls), padded to `size` bytes. */
-  async putRecords(count, size = 100) {
+  /** Puts `count` records `rec-<n>` (n counts on over calls), padded to `size` bytes, with partition keys `<keyPrefix><n>`. */
+  async putRecords(count, size = 100, keyPrefix = 'key-') {
     let pending = []
     for (let i = 0; i < count; i++) {
       const data = Buffer.from(`rec-${String(this.count).padStart(8, '0')}-`.padEnd(size, '.'))
-      pending.push({ key: `key-${this.count}`, data })
+      pending.push({ key: `${keyPrefix}${this.count}`, data })
       this.count++
     }
     const deadline = Date.now() + 120000

@@ -45,6 +45,9 @@ pub(crate) struct Target {
     token: BearerToken,
 }
 
+/// HTTP/2 flow-control window of the session stream (records flow server → client).
+const RECEIVE_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+
 impl Target {
     /// Checks the URL, TLS settings and token.
     pub(crate) fn new(url: &str, options: &ConsumerOptions) -> Result<Self, Error> {
@@ -55,7 +58,11 @@ impl Target {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(20))
-            .keep_alive_while_idle(true);
+            .keep_alive_while_idle(true)
+            // Batches are up to megabytes: HTTP/2's default 64 KiB windows would stall the
+            // stream on a window update every few frames.
+            .initial_stream_window_size(Some(RECEIVE_WINDOW_BYTES))
+            .initial_connection_window_size(Some(RECEIVE_WINDOW_BYTES));
         let https = match endpoint.uri().scheme_str() {
             Some("https") => true,
             Some("http") => false,
