@@ -21,7 +21,7 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType};
 use clap::Parser;
 use kinesis_butler_bench::fake_kinesis::{self, FakeStream};
-use kinesis_butler_client::{Batch, CheckpointPolicy, Consumer, ConsumerOptions, HandlerError};
+use kinesis_butler_client::{Batch, Consumer, ConsumerOptions, HandlerError};
 
 #[derive(Parser, Debug)]
 #[command(about = "Kinesis Butler benchmarks")]
@@ -47,6 +47,10 @@ struct Args {
     /// Only run these sections (relay, kinesalite, cost); all when empty.
     #[arg(long)]
     only: Vec<String>,
+    /// Internal: be the Rust reader process (`--read ENDPOINT,APP,STREAM,EXPECT`), like
+    /// the Python and Node readers, so that no reader shares a process with the source.
+    #[arg(long, hide = true)]
+    read: Option<String>,
 }
 
 fn now_ms() -> i64 {
@@ -164,37 +168,47 @@ async fn direct_read(client: &aws_sdk_kinesis::Client, stream: &str, expect: usi
     Ok((n, started.elapsed().as_secs_f64()))
 }
 
-/// Reads `expect` records through the server with the Rust client; returns records/s
-/// and the server's CPU seconds spent.
-async fn rust_client_read(server: &Server, stream: &str, expect: usize, app: &str) -> Result<(f64, f64)> {
-    let options = ConsumerOptions {
-        max_records_per_batch: 10_000,
-        checkpoint: CheckpointPolicy::EveryBatch,
-        shard_queue_batches: 8,
-        ..ConsumerOptions::default()
+/// Reads `expect` records through the server with the Rust client in a process of its
+/// own (this binary with `--read`); returns records/s and the server's CPU seconds spent.
+fn rust_client_read(server: &Server, stream: &str, expect: usize, app: &str) -> Result<(f64, f64)> {
+    let cpu_before = server.cpu_seconds();
+    let rps = script_read(
+        Command::new(std::env::current_exe()?)
+            .arg("--read")
+            .arg(format!("{},{app},{stream},{expect}", server.endpoint)),
+    )?;
+    Ok((rps, server.cpu_seconds() - cpu_before))
+}
+
+/// The `--read` process: reads `expect` records with a Rust batch handler and prints
+/// `records_per_sec=` (time from the start of `run` to the last record).
+async fn rust_reader(spec: &str) -> Result<()> {
+    let [endpoint, app, stream, expect] = spec.split(',').collect::<Vec<_>>()[..] else {
+        bail!("--read ENDPOINT,APP,STREAM,EXPECT");
     };
-    let consumer = Arc::new(Consumer::new(server.endpoint.clone(), app, [stream.to_owned()], options)?);
+    let expect: usize = expect.parse()?;
+    let options =
+        ConsumerOptions { max_records_per_batch: 10_000, shard_queue_batches: 8, ..ConsumerOptions::default() };
+    let consumer = Consumer::new(endpoint, app, [stream.to_owned()], options)?;
     let count = Arc::new(AtomicUsize::new(0));
     let (c, stop) = (count.clone(), consumer.stop_token());
-    let cpu_before = server.cpu_seconds();
     let started = Instant::now();
+    let last = Arc::new(Mutex::new(None));
+    let l = last.clone();
     let handler = move |batch: Batch| {
-        let c = c.clone();
-        let stop = stop.clone();
-        async move {
-            if c.fetch_add(batch.records().len(), Ordering::Relaxed) + batch.records().len() >= expect {
-                stop.cancel();
-            }
-            Ok::<(), HandlerError>(())
+        let bytes: usize = batch.records().iter().map(|r| r.data.len()).sum();
+        std::hint::black_box(bytes);
+        if c.fetch_add(batch.records().len(), Ordering::Relaxed) + batch.records().len() >= expect {
+            l.lock().expect("last").get_or_insert_with(Instant::now);
+            stop.cancel();
         }
+        async { Ok::<(), HandlerError>(()) }
     };
-    tokio::time::timeout(Duration::from_secs(600), consumer.run(handler)).await.context("relay read timed out")??;
-    let elapsed = started.elapsed().as_secs_f64();
+    tokio::time::timeout(Duration::from_secs(600), consumer.run(handler)).await.context("read timed out")??;
     let n = count.load(Ordering::Relaxed);
-    if n < expect {
-        bail!("client got {n} of {expect}");
-    }
-    Ok((n as f64 / elapsed, server.cpu_seconds() - cpu_before))
+    let Some(last) = *last.lock().expect("last") else { bail!("read {n} of {expect} records") };
+    println!("records_per_sec={:.1}", n as f64 / (last - started).as_secs_f64());
+    Ok(())
 }
 
 /// Reads `expect` records of `stream` with the Python and the Node batch handlers
@@ -280,7 +294,7 @@ async fn relay(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
             &["--batch-size", "10000", "--idle-interval", "200ms", "--session-buffer", "32"],
         )
         .await?;
-        let (rust, cpu) = rust_client_read(&server, "relay", total, "rust").await?;
+        let (rust, cpu) = rust_client_read(&server, "relay", total, &format!("rust-{}", now_ms()))?;
         rows.push(row(
             "relay",
             format!("server → Rust client, {size} B"),
@@ -389,7 +403,7 @@ async fn kinesalite(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
         &["--batch-size", "10000", "--idle-interval", "200ms"],
     )
     .await?;
-    let (through, _) = rust_client_read(&server, &stream, total, "e2e").await?;
+    let (through, _) = rust_client_read(&server, &stream, total, &format!("rust-{}", now_ms()))?;
     rows.push(row(
         "kinesalite",
         "server → Rust client, 100 B",
@@ -598,6 +612,9 @@ fn machine() -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(spec) = &args.read {
+        return rust_reader(spec).await;
+    }
     let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
     let mut rows = Vec::new();
     if want("relay") {
