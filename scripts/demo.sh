@@ -16,7 +16,26 @@ export AWS_ENDPOINT_URL_KINESIS=http://127.0.0.1:${KINESIS_LOCAL_PORT:-4610}
 
 echo "== building"
 cargo build --quiet -p kinesis-butler -p kinesis-butler-examples --bins
-bin="${CARGO_TARGET_DIR:-$root/target}/debug"
+target="${CARGO_TARGET_DIR:-$root/target}"
+bin="$target/debug"
+case "$processor" in
+  python)
+    [ -x .venv/bin/python ] || python3 -m venv .venv
+    if ! .venv/bin/python -c 'import kinesis_butler' 2>/dev/null; then
+      echo "== building the Python package (maturin) into .venv"
+      .venv/bin/python -m pip install -q --disable-pip-version-check "maturin>=1.16,<2"
+      (cd bindings/python && ../../.venv/bin/maturin build --quiet --interpreter ../../.venv/bin/python --out "$target/wheels/demo")
+      .venv/bin/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$target"/wheels/demo/*.whl
+    fi ;;
+  node)
+    if ! ls bindings/node/*.node >/dev/null 2>&1; then
+      echo "== building the Node addon (napi)"
+      (cd bindings/node && npm ci --no-audit --no-fund --loglevel=error && npx napi build --platform --js native.js --dts native.d.ts)
+    fi
+    (cd examples/node && npm install --no-audit --no-fund --loglevel=error) ;;
+  rust) ;;
+  *) echo "KB_DEMO_PROCESSOR must be rust, python or node" >&2; exit 2 ;;
+esac
 
 echo "== starting the Kinesis emulator (kinesis-local)"
 scripts/emulators.sh start kinesis-local

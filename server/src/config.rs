@@ -13,8 +13,8 @@ pub struct ServeConfig {
     #[arg(long, env = "KINESIS_BUTLER_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
 
-    /// Lease store URL: sqlite://PATH (embedded), redis://HOST[:PORT][/DB], rediss://…,
-    /// postgres://USER@HOST/DB.
+    /// Lease store URL: `sqlite://PATH` (embedded), `redis://HOST[:PORT][/DB]`, `rediss://…`,
+    /// `postgres://USER@HOST/DB` (`?sslmode=require` for TLS).
     #[arg(long, env = "KINESIS_BUTLER_STORE", default_value = "sqlite://butler.db")]
     pub store: String,
 

@@ -2,7 +2,7 @@
 //! session's bounded outbox, so a slow client slows its own reads.
 //!
 //! Records are read by polling GetRecords (the default) or through an enhanced fan-out
-//! subscription ([`crate::fanout`]); both hand their records to a [`Delivery`], which
+//! subscription ([`crate::fanout`]); both hand their records to a `Delivery`, which
 //! de-aggregates KPL records ([`crate::kpl`]), drops what was already processed, cuts
 //! batches and remembers the last user record delivered.
 //!
