@@ -81,6 +81,11 @@ done
 
 echo "== stopping (processor: final checkpoints; server: SIGTERM)"
 kill -INT "$proc" 2>/dev/null || true
+for _ in $(seq 1 300); do kill -0 "$proc" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$proc" 2>/dev/null; then
+  echo "the processor did not stop within 30 s of SIGINT" >&2
+  exit 1
+fi
 wait "$proc" 2>/dev/null || true
 kill -TERM "$server" 2>/dev/null || true
 wait "$server" 2>/dev/null || true

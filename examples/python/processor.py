@@ -1,5 +1,5 @@
 """Counts records per shard through a Kinesis Butler server and prints the counts every
-second. Ctrl-C stops cleanly: batches in hand finish, progress is checkpointed and the
+second. Ctrl-C or SIGTERM stops cleanly: batches in hand finish, progress is checkpointed and the
 session closes, so the shards move to other processors at once.
 
     pip install kinesis-butler   # or: bindings/python/test.sh builds and installs it
@@ -8,6 +8,7 @@ session closes, so the shards move to other processors at once.
 
 import argparse
 import collections
+import signal
 import threading
 
 from kinesis_butler import Consumer
@@ -35,6 +36,11 @@ def report_every_second(stop):
     while not stop.wait(1):
         report()
 
+
+# Ctrl-C, and SIGTERM like it, stop gracefully (also when a shell started us in the
+# background with SIGINT ignored).
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 stop = threading.Event()
 threading.Thread(target=report_every_second, args=(stop,), daemon=True).start()
