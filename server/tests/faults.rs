@@ -137,21 +137,7 @@ async fn a_parent_past_retention_no_longer_blocks_its_children() -> Result<()> {
                 Event::ShardEnded(e) => {
                     assert_eq!(e.shard_id, "shardId-000000000000");
                     parent_ended = true;
-                    let req = pb::CheckpointRequest {
-                        session_id: session.id.clone(),
-                        stream: stream.clone(),
-                        shard_id: e.shard_id,
-                        lease_epoch: e.lease_epoch,
-                        shard_end: true,
-                        ..Default::default()
-                    };
-                    // The release after a shard_end checkpoint may race with a balancing
-                    // round that frees the finished lease first (FAILED_PRECONDITION).
-                    match within(10, "checkpoint", client.checkpoint(req)).await? {
-                        Ok(_) => {}
-                        Err(s) if s.code() == tonic::Code::FailedPrecondition => {}
-                        Err(s) => bail!("shard_end checkpoint failed: {s}"),
-                    }
+                    session.checkpoint_shard_end(&mut client, &stream, e).await?;
                 }
                 Event::Records(batch) => {
                     got.entry(batch.shard_id).or_default().extend(batch.records.into_iter().map(|r| r.sequence_number));

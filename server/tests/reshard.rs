@@ -216,15 +216,8 @@ fn consume(
                 Event::SessionStarted(_) => None,
             };
             if let Some(req) = checkpoint {
-                let shard_end = req.shard_end;
-                match within(30, "checkpoint", client.checkpoint(req)).await? {
-                    Ok(_) => {}
-                    // The shard_end checkpoint is stored before the release; a balancing
-                    // round that sees the finished lease may free it first, and the
-                    // release then reports the lease as no longer held. The shard is
-                    // finished either way.
-                    Err(status) if shard_end && status.code() == tonic::Code::FailedPrecondition => {}
-                    Err(status) => bail!("checkpoint failed: {status}"),
+                if let Err(status) = within(30, "checkpoint", client.checkpoint(req)).await? {
+                    bail!("checkpoint failed: {status}");
                 }
             }
         }

@@ -326,6 +326,25 @@ pub async fn open_session(client: &mut ButlerClient<Channel>, app: &str, stream:
 }
 
 impl RawSession {
+    /// Stores `SHARD_END` for a shard that ended, which also releases it.
+    pub async fn checkpoint_shard_end(
+        &self,
+        client: &mut ButlerClient<Channel>,
+        stream: &str,
+        ended: pb::ShardEnded,
+    ) -> Result<()> {
+        let req = pb::CheckpointRequest {
+            session_id: self.id.clone(),
+            stream: stream.into(),
+            shard_id: ended.shard_id,
+            lease_epoch: ended.lease_epoch,
+            shard_end: true,
+            ..Default::default()
+        };
+        within(10, "the SHARD_END checkpoint", client.checkpoint(req)).await??;
+        Ok(())
+    }
+
     /// Receives events until `total` records arrived; returns them per shard in
     /// arrival order.
     pub async fn collect(&mut self, total: usize, secs: u64) -> Result<BTreeMap<String, Vec<pb::Record>>> {
