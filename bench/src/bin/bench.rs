@@ -126,6 +126,17 @@ impl Drop for Server {
     }
 }
 
+/// The first iterator of a shard.
+async fn shard_iterator(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    shard: &str,
+    kind: ShardIteratorType,
+) -> Result<String> {
+    let out = client.get_shard_iterator().stream_name(stream).shard_id(shard).shard_iterator_type(kind).send().await?;
+    Ok(out.shard_iterator.unwrap_or_default())
+}
+
 /// Reads every shard of `stream` to its current end with GetRecords, at most 5 calls a
 /// second per shard as Kinesis allows; returns records read and elapsed seconds.
 async fn direct_read(client: &aws_sdk_kinesis::Client, stream: &str, expect: usize) -> Result<(usize, f64)> {
@@ -137,15 +148,7 @@ async fn direct_read(client: &aws_sdk_kinesis::Client, stream: &str, expect: usi
         let (client, stream, shard, total) =
             (client.clone(), stream.to_owned(), shard.shard_id().to_owned(), total.clone());
         tasks.push(tokio::spawn(async move {
-            let mut it = client
-                .get_shard_iterator()
-                .stream_name(&stream)
-                .shard_id(&shard)
-                .shard_iterator_type(ShardIteratorType::TrimHorizon)
-                .send()
-                .await?
-                .shard_iterator
-                .unwrap_or_default();
+            let mut it = shard_iterator(&client, &stream, &shard, ShardIteratorType::TrimHorizon).await?;
             loop {
                 let call = Instant::now();
                 let out = client.get_records().shard_iterator(&it).limit(10_000).send().await?;
@@ -481,15 +484,7 @@ async fn poll_latency(client: aws_sdk_kinesis::Client, stream: String, out: Arc<
     for shard in shards.shards() {
         let (client, stream, shard, out) = (client.clone(), stream.clone(), shard.shard_id().to_owned(), out.clone());
         tasks.push(tokio::spawn(async move {
-            let mut it = client
-                .get_shard_iterator()
-                .stream_name(&stream)
-                .shard_id(&shard)
-                .shard_iterator_type(ShardIteratorType::Latest)
-                .send()
-                .await?
-                .shard_iterator
-                .unwrap_or_default();
+            let mut it = shard_iterator(&client, &stream, &shard, ShardIteratorType::Latest).await?;
             loop {
                 let call = Instant::now();
                 let page = client.get_records().shard_iterator(&it).limit(10_000).send().await?;

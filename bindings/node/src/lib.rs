@@ -233,18 +233,9 @@ impl NativeOptions {
             ("reconnectInitialDelayMs", self.reconnect_initial_delay_ms),
             ("reconnectMaxDelayMs", self.reconnect_max_delay_ms),
         )?;
-        if let Some(n) = self.max_reconnect_attempts {
-            if n == 0 {
-                return Err(invalid("maxReconnectAttempts must be at least 1 (leave it out to retry forever)"));
-            }
-            o.max_reconnect_attempts = Some(n);
-        }
-        if let Some(n) = self.max_initial_connect_attempts {
-            if n == 0 {
-                return Err(invalid("maxInitialConnectAttempts must be at least 1"));
-            }
-            o.max_initial_connect_attempts = Some(n);
-        }
+        // Ranges are checked by index.js (named in camelCase) and by the client's validate().
+        o.max_reconnect_attempts = self.max_reconnect_attempts.or(o.max_reconnect_attempts);
+        o.max_initial_connect_attempts = self.max_initial_connect_attempts.or(o.max_initial_connect_attempts);
         if let Some(ms) = self.request_timeout_ms {
             o.request_timeout = positive_millis("requestTimeoutMs", ms)?;
         }

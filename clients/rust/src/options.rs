@@ -227,6 +227,11 @@ impl ConsumerOptions {
         if self.request_timeout.is_zero() {
             return invalid("request_timeout must be positive");
         }
+        if self.max_reconnect_attempts == Some(0) || self.max_initial_connect_attempts == Some(0) {
+            return invalid(
+                "max_reconnect_attempts and max_initial_connect_attempts must be at least 1 (None: retry forever)",
+            );
+        }
         Ok(())
     }
 }
@@ -246,6 +251,8 @@ mod tests {
             ConsumerOptions { checkpoint: CheckpointPolicy::Interval(Duration::ZERO), ..Default::default() },
             ConsumerOptions { start: StartPosition::AtTimestamp { timestamp_ms: 0 }, ..Default::default() },
             ConsumerOptions { handler_timeout: Some(Duration::ZERO), ..Default::default() },
+            ConsumerOptions { max_reconnect_attempts: Some(0), ..Default::default() },
+            ConsumerOptions { max_initial_connect_attempts: Some(0), ..Default::default() },
         ];
         for options in bad {
             let err = options.validate().expect_err("invalid");
