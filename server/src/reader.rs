@@ -75,8 +75,11 @@ pub struct ReaderSpec {
     pub epoch: u64,
     /// Where reading starts.
     pub start: StartAt,
-    /// Records per GetRecords call, and at most this many user records per batch.
+    /// At most this many user records per batch sent to the session.
     pub batch_size: u32,
+    /// Records asked for per GetRecords call. Independent of `batch_size`: a shard is
+    /// polled at most 5 times a second, so small pages would cap its throughput.
+    pub page_limit: u32,
     /// Pause between calls once caught up.
     pub idle_interval: Duration,
     /// The `ShardAssigned` event sent before any batch.
@@ -146,9 +149,12 @@ async fn poll(kinesis: &Kinesis, spec: &ReaderSpec, delivery: &mut Delivery) -> 
                 }
             },
         };
+        if !delivery.wait_for_room().await {
+            return false;
+        }
         let call_started = Instant::now();
         metrics::counter!(m::GET_RECORDS_CALLS, &labels).increment(1);
-        let result = kinesis.get_records(&iter, spec.batch_size).await;
+        let result = kinesis.get_records(&iter, spec.page_limit).await;
         if let Err(e) = &result {
             metrics::counter!(m::KINESIS_ERRORS, "kind" => e.kind()).increment(1);
         }
@@ -166,7 +172,7 @@ async fn poll(kinesis: &Kinesis, spec: &ReaderSpec, delivery: &mut Delivery) -> 
             }
         };
         backoff.reset();
-        let full = page.records.len() as u32 >= spec.batch_size;
+        let full = page.records.len() as u32 >= spec.page_limit;
         if !delivery.deliver(page.records, page.millis_behind_latest).await {
             return false;
         }
@@ -333,9 +339,9 @@ impl Delivery {
                 }
             }
         }
-        while !users.is_empty() {
-            let rest = users.split_off(users.len().min(self.batch_size));
-            let batch = std::mem::replace(&mut users, rest);
+        let mut users = users.into_iter().peekable();
+        while users.peek().is_some() {
+            let batch: Vec<pb::Record> = users.by_ref().take(self.batch_size).collect();
             let last = batch.last().expect("non-empty");
             let position = SequenceNumber::parse(&last.sequence_number)
                 .map(|sequence| Position { sequence, sub_sequence: last.sub_sequence_number })
@@ -375,6 +381,17 @@ impl Delivery {
             biased;
             _ = self.cancel.cancelled() => false,
             sent = self.out.send(msg) => sent.is_ok(),
+        }
+    }
+
+    /// Waits until the session has room for a batch; false if cancelled or gone. Readers
+    /// fetch their next page only then, so a slow processor holds back whole pages in
+    /// Kinesis rather than in server memory.
+    pub(crate) async fn wait_for_room(&self) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => false,
+            permit = self.out.reserve() => permit.is_ok(),
         }
     }
 
@@ -439,6 +456,7 @@ mod tests {
             epoch: 1,
             start,
             batch_size,
+            page_limit: 10_000,
             idle_interval: Duration::from_millis(100),
             assigned: pb::ShardAssigned::default(),
             fanout: None,

@@ -11,7 +11,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,7 +31,7 @@ struct Args {
     /// kinesalite endpoint.
     #[arg(long, default_value = "http://127.0.0.1:4620")]
     kinesalite: String,
-    /// Records per relay run (100-byte records; 1 KB runs use a fifth).
+    /// Records per relay run (100-byte records; 1 KB runs use half).
     #[arg(long, default_value_t = 1_000_000)]
     relay_records: usize,
     /// Shards of the relay source (the server reads each at most 5 times a second).
@@ -137,22 +136,60 @@ async fn shard_iterator(
     Ok(out.shard_iterator.unwrap_or_default())
 }
 
+/// Counts records as they arrive. The rate is steady-state: records after the first batch
+/// over the time from the first batch to the last, so that one-off start-up work (leases,
+/// connections, iterators) is reported apart, as the time to the first record.
+struct Progress {
+    started: Instant,
+    first: Option<(Instant, usize)>,
+    last: Instant,
+    count: usize,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self { started: now, first: None, last: now, count: 0 }
+    }
+
+    /// Records `n` records that just arrived; returns the total so far.
+    fn add(&mut self, n: usize) -> usize {
+        if n > 0 {
+            let now = Instant::now();
+            self.first.get_or_insert((now, n));
+            self.last = now;
+            self.count += n;
+        }
+        self.count
+    }
+
+    /// (steady-state records/s, seconds to the first record).
+    fn rate(&self) -> Result<(f64, f64)> {
+        let Some((first, first_n)) = self.first else { bail!("no record arrived") };
+        let secs = (self.last - first).as_secs_f64();
+        if secs <= 0.0 {
+            bail!("every record came in one batch; read more records");
+        }
+        Ok(((self.count - first_n) as f64 / secs, (first - self.started).as_secs_f64()))
+    }
+}
+
 /// Reads every shard of `stream` to its current end with GetRecords, at most 5 calls a
-/// second per shard as Kinesis allows; returns records read and elapsed seconds.
-async fn direct_read(client: &aws_sdk_kinesis::Client, stream: &str, expect: usize) -> Result<(usize, f64)> {
+/// second per shard as Kinesis allows; returns (steady-state records/s, seconds to the
+/// first record).
+async fn direct_read(client: &aws_sdk_kinesis::Client, stream: &str, expect: usize) -> Result<(f64, f64)> {
     let shards = client.list_shards().stream_name(stream).send().await?;
-    let started = Instant::now();
-    let total = Arc::new(AtomicUsize::new(0));
+    let progress = Arc::new(Mutex::new(Progress::new()));
     let mut tasks = Vec::new();
     for shard in shards.shards() {
-        let (client, stream, shard, total) =
-            (client.clone(), stream.to_owned(), shard.shard_id().to_owned(), total.clone());
+        let (client, stream, shard, progress) =
+            (client.clone(), stream.to_owned(), shard.shard_id().to_owned(), progress.clone());
         tasks.push(tokio::spawn(async move {
             let mut it = shard_iterator(&client, &stream, &shard, ShardIteratorType::TrimHorizon).await?;
             loop {
                 let call = Instant::now();
                 let out = client.get_records().shard_iterator(&it).limit(10_000).send().await?;
-                total.fetch_add(out.records().len(), Ordering::Relaxed);
+                progress.lock().expect("progress").add(out.records().len());
                 if out.records().is_empty() && out.millis_behind_latest().unwrap_or(0) == 0 {
                     return Ok::<_, anyhow::Error>(());
                 }
@@ -164,27 +201,27 @@ async fn direct_read(client: &aws_sdk_kinesis::Client, stream: &str, expect: usi
     for t in tasks {
         t.await??;
     }
-    let n = total.load(Ordering::Relaxed);
-    if n < expect {
-        bail!("direct read got {n} of {expect} records");
+    let progress = progress.lock().expect("progress");
+    if progress.count < expect {
+        bail!("direct read got {} of {expect} records", progress.count);
     }
-    Ok((n, started.elapsed().as_secs_f64()))
+    progress.rate()
 }
 
 /// Reads `expect` records through the server with the Rust client in a process of its
-/// own (this binary with `--read`); returns records/s and the server's CPU seconds spent.
-fn rust_client_read(server: &Server, stream: &str, expect: usize, app: &str) -> Result<(f64, f64)> {
+/// own (this binary with `--read`); returns its [`Reading`] and the server's CPU seconds.
+fn rust_client_read(server: &Server, stream: &str, expect: usize, app: &str) -> Result<(Reading, f64)> {
     let cpu_before = server.cpu_seconds();
-    let rps = script_read(
+    let reading = script_read(
         Command::new(std::env::current_exe()?)
             .arg("--read")
             .arg(format!("{},{app},{stream},{expect}", server.endpoint)),
     )?;
-    Ok((rps, server.cpu_seconds() - cpu_before))
+    Ok((reading, server.cpu_seconds() - cpu_before))
 }
 
 /// The `--read` process: reads `expect` records with a Rust batch handler and prints
-/// `records_per_sec=` (time from the start of `run` to the last record).
+/// `records_per_sec=` and `first_record_secs=` (see [`Progress`]).
 async fn rust_reader(spec: &str) -> Result<()> {
     let [endpoint, app, stream, expect] = spec.split(',').collect::<Vec<_>>()[..] else {
         bail!("--read ENDPOINT,APP,STREAM,EXPECT");
@@ -193,31 +230,32 @@ async fn rust_reader(spec: &str) -> Result<()> {
     let options =
         ConsumerOptions { max_records_per_batch: 10_000, shard_queue_batches: 8, ..ConsumerOptions::default() };
     let consumer = Consumer::new(endpoint, app, [stream.to_owned()], options)?;
-    let count = Arc::new(AtomicUsize::new(0));
-    let (c, stop) = (count.clone(), consumer.stop_token());
-    let started = Instant::now();
-    let last = Arc::new(Mutex::new(None));
-    let l = last.clone();
+    let stop = consumer.stop_token();
+    let progress = Arc::new(Mutex::new(Progress::new()));
+    let p = progress.clone();
     let handler = move |batch: Batch| {
         let bytes: usize = batch.records().iter().map(|r| r.data.len()).sum();
         std::hint::black_box(bytes);
-        if c.fetch_add(batch.records().len(), Ordering::Relaxed) + batch.records().len() >= expect {
-            l.lock().expect("last").get_or_insert_with(Instant::now);
+        if p.lock().expect("progress").add(batch.records().len()) >= expect {
             stop.cancel();
         }
         async { Ok::<(), HandlerError>(()) }
     };
     tokio::time::timeout(Duration::from_secs(600), consumer.run(handler)).await.context("read timed out")??;
-    let n = count.load(Ordering::Relaxed);
-    let Some(last) = *last.lock().expect("last") else { bail!("read {n} of {expect} records") };
-    println!("records_per_sec={:.1}", n as f64 / (last - started).as_secs_f64());
+    let progress = progress.lock().expect("progress");
+    if progress.count < expect {
+        bail!("read {} of {expect} records", progress.count);
+    }
+    let (rps, first) = progress.rate()?;
+    println!("records_per_sec={rps:.1}");
+    println!("first_record_secs={first:.3}");
     Ok(())
 }
 
 /// Reads `expect` records of `stream` with the Python and the Node batch handlers
 /// (`bindings/*/bench.*`, each under its own app so each reads every record), when
-/// their packages are built; returns records/s per language.
-fn binding_reads(args: &Args, endpoint: &str, stream: &str, expect: usize) -> Result<Vec<(&'static str, f64)>> {
+/// their packages are built; returns each language's [`Reading`].
+fn binding_reads(args: &Args, endpoint: &str, stream: &str, expect: usize) -> Result<Vec<(&'static str, Reading)>> {
     let mut out = Vec::new();
     let expect = expect.to_string();
     let common = ["--endpoint", endpoint, "--stream", stream, "--expect", &expect];
@@ -230,7 +268,10 @@ fn binding_reads(args: &Args, endpoint: &str, stream: &str, expect: usize) -> Re
         )?;
         out.push(("Python", rps));
     }
-    if Path::new("bindings/node/bench.js").exists() {
+    let node_addon_built = std::fs::read_dir("bindings/node")
+        .map(|d| d.flatten().any(|e| e.path().extension().is_some_and(|x| x == "node")))
+        .unwrap_or(false);
+    if node_addon_built && Path::new("bindings/node/bench.js").exists() {
         let rps = script_read(
             Command::new("node")
                 .arg("bindings/node/bench.js")
@@ -242,17 +283,23 @@ fn binding_reads(args: &Args, endpoint: &str, stream: &str, expect: usize) -> Re
     Ok(out)
 }
 
-/// Runs a language's bench script; it prints `records_per_sec=<float>`.
-fn script_read(cmd: &mut Command) -> Result<f64> {
+/// What a reader measured: steady-state records/s and seconds to the first record.
+type Reading = (f64, f64);
+
+/// Runs a reader process; it prints `records_per_sec=<float>` and `first_record_secs=<float>`.
+fn script_read(cmd: &mut Command) -> Result<Reading> {
     let out = cmd.stderr(Stdio::inherit()).output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!("bench script failed: {text}");
     }
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("records_per_sec="))
-        .and_then(|v| v.parse().ok())
-        .context("no records_per_sec= line")
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .and_then(|v| v.parse::<f64>().ok())
+            .with_context(|| format!("no {key} line in the reader's output"))
+    };
+    Ok((value("records_per_sec=")?, value("first_record_secs=")?))
 }
 
 struct Row {
@@ -271,14 +318,13 @@ fn row(section: &'static str, what: impl Into<String>, value: String, baseline: 
 }
 
 async fn relay(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
-    for (size, records) in [(100usize, args.relay_records), (1024, args.relay_records / 5)] {
+    for (size, records) in [(100usize, args.relay_records), (1024, args.relay_records / 2)] {
         let per_shard = records / args.relay_shards;
         let total = per_shard * args.relay_shards;
         let stream = Arc::new(FakeStream::new("relay", args.relay_shards, per_shard, size));
         let (addr, source) = fake_kinesis::serve(stream, "127.0.0.1:0".parse()?).await?;
         let endpoint = format!("http://{addr}");
-        let (n, secs) = direct_read(&kinesis_client(&endpoint), "relay", total).await?;
-        let direct = n as f64 / secs;
+        let (direct, direct_first) = direct_read(&kinesis_client(&endpoint), "relay", total).await?;
         let mb = |rps: f64| rps * size as f64 / 1e6;
         rows.push(row(
             "relay",
@@ -290,21 +336,25 @@ async fn relay(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
 
         let dir = tempfile_dir()?;
         let store = format!("sqlite://{}/relay.db", dir.display());
-        let server = Server::start(
-            &args.bin_dir,
-            &endpoint,
-            &store,
-            &["--batch-size", "10000", "--idle-interval", "200ms", "--session-buffer", "32"],
-        )
-        .await?;
+        let server =
+            Server::start(&args.bin_dir, &endpoint, &store, &["--batch-size", "10000", "--idle-interval", "200ms"])
+                .await?;
         let (rust, cpu) = rust_client_read(&server, "relay", total, &format!("rust-{}", now_ms()))?;
-        rows.push(row(
-            "relay",
-            format!("server → Rust client, {size} B"),
-            format!("{rust:.0} rec/s ({:.1} MB/s)", mb(rust)),
-            format!("{direct:.0}"),
-            format!("{:.2}", rust / direct),
-        ));
+        let mut readings = vec![("Rust client", rust)];
+        readings.extend(
+            binding_reads(args, &server.endpoint, "relay", total)?
+                .into_iter()
+                .map(|(lang, r)| (if lang == "Python" { "Python batch handler" } else { "Node batch handler" }, r)),
+        );
+        for (who, (rps, _)) in &readings {
+            rows.push(row(
+                "relay",
+                format!("server → {who}, {size} B"),
+                format!("{rps:.0} rec/s ({:.1} MB/s)", mb(*rps)),
+                format!("{direct:.0}"),
+                format!("{:.2}", rps / direct),
+            ));
+        }
         rows.push(row(
             "relay",
             format!("server CPU per million records, {size} B"),
@@ -312,16 +362,14 @@ async fn relay(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
             "-".into(),
             "-".into(),
         ));
-
-        for (lang, rps) in binding_reads(args, &server.endpoint, "relay", total)? {
-            rows.push(row(
-                "relay",
-                format!("server → {lang} batch handler, {size} B"),
-                format!("{rps:.0} rec/s ({:.1} MB/s)", mb(rps)),
-                format!("{direct:.0}"),
-                format!("{:.2}", rps / direct),
-            ));
-        }
+        let firsts: Vec<String> = readings.iter().map(|(who, (_, first))| format!("{who} {first:.2} s")).collect();
+        rows.push(row(
+            "relay",
+            format!("time to first record (start-up, not in the rates), {size} B"),
+            firsts.join(" / "),
+            format!("{direct_first:.2} s"),
+            "-".into(),
+        ));
         drop(server);
         source.abort();
         let _ = std::fs::remove_dir_all(dir);
@@ -395,8 +443,7 @@ async fn kinesalite(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
     create_stream(&client, &stream, 4).await?;
     let total = 100_000;
     put_timed(&client, &stream, total, 20_000).await?;
-    let (n, secs) = direct_read(&client, &stream, total).await?;
-    let direct = n as f64 / secs;
+    let (direct, _) = direct_read(&client, &stream, total).await?;
     rows.push(row("kinesalite", "direct read, 100 B", format!("{direct:.0} rec/s"), "-".into(), "1.00".into()));
     let dir = tempfile_dir()?;
     let server = Server::start(
@@ -406,7 +453,7 @@ async fn kinesalite(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
         &["--batch-size", "10000", "--idle-interval", "200ms"],
     )
     .await?;
-    let (through, _) = rust_client_read(&server, &stream, total, &format!("rust-{}", now_ms()))?;
+    let ((through, _), _) = rust_client_read(&server, &stream, total, &format!("rust-{}", now_ms()))?;
     rows.push(row(
         "kinesalite",
         "server → Rust client, 100 B",
@@ -414,7 +461,7 @@ async fn kinesalite(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
         format!("{direct:.0}"),
         format!("{:.2}", through / direct),
     ));
-    for (lang, rps) in binding_reads(args, &server.endpoint, &stream, total)? {
+    for (lang, (rps, _)) in binding_reads(args, &server.endpoint, &stream, total)? {
         rows.push(row(
             "kinesalite",
             format!("server → {lang} batch handler, 100 B"),
