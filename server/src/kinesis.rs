@@ -276,6 +276,8 @@ impl Kinesis {
             .get_records()
             .shard_iterator(iterator)
             .limit(limit as i32)
+            .customize()
+            .interceptor(crate::get_records_decoder::FastGetRecords)
             .send()
             .await
             .map_err(KinesisError::from_sdk)?;

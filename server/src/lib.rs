@@ -15,6 +15,7 @@ pub mod config;
 pub mod config_file;
 pub mod error;
 pub mod fanout;
+pub mod get_records_decoder;
 pub mod group;
 pub mod health;
 pub mod kinesis;
