@@ -5,6 +5,8 @@
 
 #![allow(missing_docs)]
 
+pub mod codec;
+
 /// Messages and the `Butler` service of `kinesis_butler.v1`.
 pub mod v1 {
     tonic::include_proto!("kinesis_butler.v1");

@@ -31,14 +31,9 @@ pub struct ServeConfig {
     #[arg(long, env = "KINESIS_BUTLER_IDLE_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
     pub idle_interval: Duration,
 
-    /// Records per batch sent to a processor when it does not ask for another size.
+    /// Records per batch when the client does not ask for fewer (Kinesis allows 10000).
     #[arg(long, env = "KINESIS_BUTLER_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10000))]
     pub batch_size: u32,
-
-    /// Records asked for per GetRecords call (Kinesis allows 10000). Pages are cut into
-    /// batches; a shard is polled at most 5 times a second, so this caps its throughput.
-    #[arg(long, env = "KINESIS_BUTLER_GET_RECORDS_LIMIT", default_value_t = 10000, value_parser = clap::value_parser!(u32).range(1..=10000))]
-    pub get_records_limit: u32,
 
     /// How long a revoked shard waits for the client's final checkpoint and release
     /// before it is handed over anyway.

@@ -23,7 +23,7 @@ use aws_smithy_runtime_api::client::ser_de::{DeserializeResponse, SharedResponse
 use aws_smithy_types::config_bag::ConfigBag;
 use serde::Deserialize;
 
-/// Interceptor for GetRecords calls: swaps in [`FastDeserializer`] for success responses.
+/// Interceptor for GetRecords calls: decodes success responses itself.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FastGetRecords;
 

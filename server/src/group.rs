@@ -42,8 +42,6 @@ pub struct GroupSettings {
     pub shard_sync_interval: Duration,
     /// Reader pause when caught up.
     pub idle_interval: Duration,
-    /// Records asked for per GetRecords call.
-    pub get_records_limit: u32,
     /// Read with enhanced fan-out instead of polling.
     pub fanout: Option<crate::fanout::FanOut>,
 }
@@ -355,7 +353,6 @@ impl Group {
             epoch: lease.epoch,
             start,
             batch_size: session.batch_size,
-            page_limit: self.settings.get_records_limit,
             idle_interval: self.settings.idle_interval,
             assigned: pb::ShardAssigned {
                 stream: self.key.stream.clone(),

@@ -75,11 +75,10 @@ pub struct ReaderSpec {
     pub epoch: u64,
     /// Where reading starts.
     pub start: StartAt,
-    /// At most this many user records per batch sent to the session.
+    /// Records per GetRecords call, and at most this many user records per batch (a page
+    /// is one batch unless de-aggregation makes it longer, so that a processor's per-shard
+    /// queue takes a page whole).
     pub batch_size: u32,
-    /// Records asked for per GetRecords call. Independent of `batch_size`: a shard is
-    /// polled at most 5 times a second, so small pages would cap its throughput.
-    pub page_limit: u32,
     /// Pause between calls once caught up.
     pub idle_interval: Duration,
     /// The `ShardAssigned` event sent before any batch.
@@ -154,7 +153,7 @@ async fn poll(kinesis: &Kinesis, spec: &ReaderSpec, delivery: &mut Delivery) -> 
         }
         let call_started = Instant::now();
         metrics::counter!(m::GET_RECORDS_CALLS, &labels).increment(1);
-        let result = kinesis.get_records(&iter, spec.page_limit).await;
+        let result = kinesis.get_records(&iter, spec.batch_size).await;
         if let Err(e) = &result {
             metrics::counter!(m::KINESIS_ERRORS, "kind" => e.kind()).increment(1);
         }
@@ -172,7 +171,7 @@ async fn poll(kinesis: &Kinesis, spec: &ReaderSpec, delivery: &mut Delivery) -> 
             }
         };
         backoff.reset();
-        let full = page.records.len() as u32 >= spec.page_limit;
+        let full = page.records.len() as u32 >= spec.batch_size;
         if !delivery.deliver(page.records, page.millis_behind_latest).await {
             return false;
         }
@@ -456,7 +455,6 @@ mod tests {
             epoch: 1,
             start,
             batch_size,
-            page_limit: 10_000,
             idle_interval: Duration::from_millis(100),
             assigned: pb::ShardAssigned::default(),
             fanout: None,

@@ -46,7 +46,6 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
             handoff_grace: config.handoff_grace,
             shard_sync_interval: config.shard_sync_interval,
             idle_interval: config.idle_interval,
-            get_records_limit: config.get_records_limit,
             fanout: (config.retrieval_mode == crate::config::RetrievalMode::FanOut)
                 .then(|| crate::fanout::FanOut::new(config.fanout_subscription_lifetime)),
         },

@@ -75,53 +75,6 @@ async fn metrics_page_counts_delivered_records() -> Result<()> {
     Ok(())
 }
 
-/// A processor asking for small batches still gets full GetRecords pages, cut into its
-/// batches: a shard is polled at most 5 times a second, so pages of batch size would cap
-/// it at 5 batches a second.
-#[tokio::test]
-async fn small_batches_do_not_shrink_get_records_pages() -> Result<()> {
-    let emulator = Emulator::Kinesalite;
-    let kinesis = kinesis_client(emulator);
-    let stream = unique("pages");
-    create_stream(&kinesis, &stream, 1).await?;
-    put_records(&kinesis, &stream, 0, 400).await?;
-    let dir = tempfile::tempdir()?;
-    let metrics_port = free_port();
-    let server = TestServer::start(
-        &format!("sqlite://{}", dir.path().join("p.db").display()),
-        emulator,
-        &["--metrics-listen", &format!("127.0.0.1:{metrics_port}")],
-    )
-    .await?;
-    let mut client = server.client().await?;
-    let req = pb::GetRecordsRequest {
-        app: "app".into(),
-        streams: vec![stream.clone()],
-        max_records_per_batch: 10,
-        ..Default::default()
-    };
-    let mut session = open_session_with(&mut client, req).await?;
-    let mut data = Vec::new();
-    within(60, "400 records in batches of 10", async {
-        while data.len() < 400 {
-            if let Some(Event::Records(batch)) = session.events.message().await?.and_then(|m| m.event) {
-                assert!(!batch.records.is_empty() && batch.records.len() <= 10, "batch of {}", batch.records.len());
-                data.extend(batch.records.into_iter().map(|r| r.data));
-            }
-        }
-        anyhow::Ok(())
-    })
-    .await??;
-    let want: Vec<Vec<u8>> = (0..400).map(|i| format!("rec-{i}").into_bytes()).collect();
-    assert_eq!(data, want, "every record once, in order");
-
-    let samples = parse_prometheus(&http_get(metrics_port, "/metrics").await?)?;
-    let calls = sum(&samples, "kinesis_butler_get_records_calls_total", &format!("stream=\"{stream}\""));
-    // 400 records in pages of 10 would take 40 calls; full pages take a few.
-    assert!((1.0..=8.0).contains(&calls), "{calls} GetRecords calls for 400 records");
-    Ok(())
-}
-
 /// Bytes of the payloads `rec-0` … `rec-{n-1}`.
 fn sum_bytes(n: usize) -> f64 {
     (0..n).map(|i| format!("rec-{i}").len()).sum::<usize>() as f64

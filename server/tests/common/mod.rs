@@ -316,11 +316,6 @@ pub async fn open_session(client: &mut ButlerClient<Channel>, app: &str, stream:
         client_name: "test".into(),
         ..Default::default()
     };
-    open_session_with(client, req).await
-}
-
-/// Opens a session with a request of the caller's, and waits for `SessionStarted`.
-pub async fn open_session_with(client: &mut ButlerClient<Channel>, req: pb::GetRecordsRequest) -> Result<RawSession> {
     let mut events = within(30, "GetRecords to open", client.get_records(req)).await??.into_inner();
     match within(30, "SessionStarted", events.message()).await?? {
         Some(pb::GetRecordsResponse { event: Some(Event::SessionStarted(s)) }) => {
