@@ -37,6 +37,9 @@ struct Args {
     /// Shards of the relay source (the server reads each at most 5 times a second).
     #[arg(long, default_value_t = 16)]
     relay_shards: usize,
+    /// Runs of each relay reader; the median is reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    runs: u32,
     /// Python interpreter with the kinesis_butler package installed (skipped if absent).
     #[arg(long, default_value = ".venv/bin/python")]
     python: PathBuf,
@@ -286,6 +289,12 @@ fn binding_reads(args: &Args, endpoint: &str, stream: &str, expect: usize) -> Re
 /// What a reader measured: steady-state records/s and seconds to the first record.
 type Reading = (f64, f64);
 
+/// The run with the median records/s.
+fn median(mut runs: Vec<Reading>) -> Reading {
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    runs[runs.len() / 2]
+}
+
 /// Runs a reader process; it prints `records_per_sec=<float>` and `first_record_secs=<float>`.
 fn script_read(cmd: &mut Command) -> Result<Reading> {
     let out = cmd.stderr(Stdio::inherit()).output()?;
@@ -324,7 +333,11 @@ async fn relay(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
         let stream = Arc::new(FakeStream::new("relay", args.relay_shards, per_shard, size));
         let (addr, source) = fake_kinesis::serve(stream, "127.0.0.1:0".parse()?).await?;
         let endpoint = format!("http://{addr}");
-        let (direct, direct_first) = direct_read(&kinesis_client(&endpoint), "relay", total).await?;
+        let mut directs = Vec::new();
+        for _ in 0..args.runs {
+            directs.push(direct_read(&kinesis_client(&endpoint), "relay", total).await?);
+        }
+        let (direct, direct_first) = median(directs);
         let mb = |rps: f64| rps * size as f64 / 1e6;
         rows.push(row(
             "relay",
@@ -339,13 +352,21 @@ async fn relay(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
         let server =
             Server::start(&args.bin_dir, &endpoint, &store, &["--batch-size", "10000", "--idle-interval", "200ms"])
                 .await?;
-        let (rust, cpu) = rust_client_read(&server, "relay", total, &format!("rust-{}", now_ms()))?;
-        let mut readings = vec![("Rust client", rust)];
-        readings.extend(
-            binding_reads(args, &server.endpoint, "relay", total)?
-                .into_iter()
-                .map(|(lang, r)| (if lang == "Python" { "Python batch handler" } else { "Node batch handler" }, r)),
-        );
+        let mut runs: Vec<(&str, Vec<Reading>)> = vec![("Rust client", Vec::new())];
+        let mut cpu = 0.0;
+        for _ in 0..args.runs {
+            let (rust, run_cpu) = rust_client_read(&server, "relay", total, &format!("rust-{}", now_ms()))?;
+            runs[0].1.push(rust);
+            cpu += run_cpu / f64::from(args.runs);
+            for (lang, reading) in binding_reads(args, &server.endpoint, "relay", total)? {
+                let who = if lang == "Python" { "Python batch handler" } else { "Node batch handler" };
+                match runs.iter_mut().find(|(w, _)| *w == who) {
+                    Some((_, v)) => v.push(reading),
+                    None => runs.push((who, vec![reading])),
+                }
+            }
+        }
+        let readings: Vec<(&str, Reading)> = runs.into_iter().map(|(who, v)| (who, median(v))).collect();
         for (who, (rps, _)) in &readings {
             rows.push(row(
                 "relay",
