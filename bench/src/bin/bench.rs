@@ -352,21 +352,26 @@ async fn relay(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
         let server =
             Server::start(&args.bin_dir, &endpoint, &store, &["--batch-size", "10000", "--idle-interval", "200ms"])
                 .await?;
-        let mut runs: Vec<(&str, Vec<Reading>)> = vec![("Rust client", Vec::new())];
+        // Readings per reader, in table order: the Rust client, then each binding.
+        let mut runs: Vec<(String, Vec<Reading>)> = vec![("Rust client".into(), Vec::new())];
         let mut cpu = 0.0;
         for _ in 0..args.runs {
             let (rust, run_cpu) = rust_client_read(&server, "relay", total, &format!("rust-{}", now_ms()))?;
-            runs[0].1.push(rust);
+            let mut these = vec![("Rust client".to_owned(), rust)];
             cpu += run_cpu / f64::from(args.runs);
-            for (lang, reading) in binding_reads(args, &server.endpoint, "relay", total)? {
-                let who = if lang == "Python" { "Python batch handler" } else { "Node batch handler" };
+            these.extend(
+                binding_reads(args, &server.endpoint, "relay", total)?
+                    .into_iter()
+                    .map(|(lang, reading)| (format!("{lang} batch handler"), reading)),
+            );
+            for (who, reading) in these {
                 match runs.iter_mut().find(|(w, _)| *w == who) {
                     Some((_, v)) => v.push(reading),
                     None => runs.push((who, vec![reading])),
                 }
             }
         }
-        let readings: Vec<(&str, Reading)> = runs.into_iter().map(|(who, v)| (who, median(v))).collect();
+        let readings: Vec<(String, Reading)> = runs.into_iter().map(|(who, v)| (who, median(v))).collect();
         for (who, (rps, _)) in &readings {
             rows.push(row(
                 "relay",
