@@ -22,6 +22,11 @@ use clap::Parser;
 use kinesis_butler_bench::fake_kinesis::{self, FakeStream};
 use kinesis_butler_client::{Batch, Consumer, ConsumerOptions, HandlerError};
 
+// One allocator for everything this binary measures: the source, the direct read loop and
+// the Rust reader process (the server and the bindings use mimalloc too).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(about = "Kinesis Butler benchmarks")]
 struct Args {
