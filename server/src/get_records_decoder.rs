@@ -80,9 +80,10 @@ struct Page<'a> {
 struct WireRecord<'a> {
     sequence_number: String,
     approximate_arrival_timestamp: Option<f64>,
-    /// Base64; borrowed from the body unless it holds JSON escapes.
+    /// Base64, read as bytes: borrowed from the body unless it holds JSON escapes, and
+    /// not checked as UTF-8 (the base64 decoder rejects anything that is not base64).
     #[serde(borrow)]
-    data: Cow<'a, str>,
+    data: Cow<'a, [u8]>,
     partition_key: String,
     encryption_type: Option<String>,
 }
@@ -92,7 +93,7 @@ pub fn decode(body: &[u8]) -> Result<GetRecordsOutput, BoxError> {
     let page: Page<'_> = serde_json::from_slice(body)?;
     let mut records = Vec::with_capacity(page.records.len());
     for r in page.records {
-        let data = base64_simd::STANDARD.decode_to_vec(r.data.as_bytes())?;
+        let data = base64_simd::STANDARD.decode_to_vec(&r.data)?;
         let record = Record::builder()
             .sequence_number(r.sequence_number)
             .set_approximate_arrival_timestamp(r.approximate_arrival_timestamp.map(DateTime::from_secs_f64))

@@ -413,7 +413,7 @@ fn expand(r: aws_sdk_kinesis::types::Record, stream: &str, shard: &str, users: &
                 sequence_number: r.sequence_number.clone(),
                 sub_sequence_number: u.sub_sequence_number,
                 partition_key: u.partition_key,
-                data: u.data,
+                data: u.data.into(),
                 approximate_arrival_timestamp_ms: arrival,
             }));
             return;
@@ -428,7 +428,7 @@ fn expand(r: aws_sdk_kinesis::types::Record, stream: &str, shard: &str, users: &
         sequence_number: r.sequence_number,
         sub_sequence_number: 0,
         partition_key: r.partition_key.unwrap_or_default(),
-        data,
+        data: data.into(),
         approximate_arrival_timestamp_ms: arrival,
     });
 }
@@ -468,8 +468,12 @@ mod tests {
         let mut batches = Vec::new();
         while let Ok(msg) = rx.try_recv() {
             if let Some(Event::Records(b)) = msg.unwrap().event {
-                batches
-                    .push(b.records.into_iter().map(|r| (r.sequence_number, r.sub_sequence_number, r.data)).collect());
+                batches.push(
+                    b.records
+                        .into_iter()
+                        .map(|r| (r.sequence_number, r.sub_sequence_number, r.data.to_vec()))
+                        .collect(),
+                );
             }
         }
         batches

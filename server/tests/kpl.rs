@@ -144,7 +144,7 @@ async fn kpl_round_trip(emulator: Emulator) -> Result<()> {
                 sequence: r.sequence_number.clone(),
                 sub: r.sub_sequence_number,
                 partition_key: r.partition_key.clone(),
-                data: r.data.clone(),
+                data: r.data.to_vec(),
                 aggregated: false,
             })
             .collect();

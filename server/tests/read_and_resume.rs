@@ -28,7 +28,7 @@ async fn read_checkpoint_restart_resume(emulator: Emulator, store: &str, extra: 
         let seqs: Vec<&str> = got[shard].iter().map(|r| r.sequence_number.as_str()).collect();
         let want: Vec<&str> = puts.iter().map(|p| p.sequence_number.as_str()).collect();
         assert_eq!(seqs, want, "shard {shard}: every record once, in order");
-        let data: Vec<&[u8]> = got[shard].iter().map(|r| r.data.as_slice()).collect();
+        let data: Vec<&[u8]> = got[shard].iter().map(|r| &r.data[..]).collect();
         assert_eq!(data, puts.iter().map(|p| p.data.as_slice()).collect::<Vec<_>>());
     }
 

@@ -19,6 +19,12 @@ use napi::bindgen_prelude::*;
 use napi::threadsafe_function::ThreadsafeFunction;
 use napi_derive::napi;
 
+// The client's own allocations (batches of thousands of records a few times a second)
+// use mimalloc inside this module; payloads handed to the host runtime are copied or
+// freed by this module's allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod logging;
 
 /// An error of the client, as `index.js` receives it (it throws the matching class).

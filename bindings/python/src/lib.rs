@@ -15,6 +15,12 @@ use pyo3::exceptions::{PyKeyboardInterrupt, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 
+// The client's own allocations (batches of thousands of records a few times a second)
+// use mimalloc inside this module; payloads handed to the host runtime are copied or
+// freed by this module's allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod attach;
 mod errors;
 mod handler;

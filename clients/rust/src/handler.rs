@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use kinesis_butler_proto as pb;
 
@@ -18,8 +19,9 @@ pub struct Record {
     pub sub_sequence_number: u64,
     /// The partition key the producer gave.
     pub partition_key: String,
-    /// The payload.
-    pub data: Vec<u8>,
+    /// The payload: a slice of the buffer the batch arrived in (no copy per record), so
+    /// holding one record's data holds that buffer; `.to_vec()` detaches it.
+    pub data: Bytes,
     /// When Kinesis received the record, in milliseconds since the Unix epoch.
     pub approximate_arrival_timestamp_ms: i64,
 }

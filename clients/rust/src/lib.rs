@@ -133,6 +133,7 @@ mod policy;
 mod session;
 mod shard_worker;
 
+pub use bytes::Bytes;
 pub use checkpointer::Checkpointer;
 pub use consumer::Consumer;
 pub use error::{Error, ErrorKind, HandlerError};

@@ -457,7 +457,7 @@ pub mod client {
                 shard_id: batch.shard_id().into(),
                 attempt: batch.attempt(),
                 sequences: batch.records().iter().map(|r| r.sequence_number.clone()).collect(),
-                data: batch.records().iter().map(|r| r.data.clone()).collect(),
+                data: batch.records().iter().map(|r| r.data.to_vec()).collect(),
             });
             self.changed.send_modify(|n| *n += 1);
         }
