@@ -48,6 +48,9 @@ pub(crate) struct Target {
 /// HTTP/2 flow-control window of the session stream (records flow server → client).
 const RECEIVE_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 
+/// Largest HTTP/2 frame this client accepts (the protocol allows up to 16 MiB - 1).
+const MAX_FRAME_BYTES: u32 = 1024 * 1024;
+
 impl Target {
     /// Checks the URL, TLS settings and token.
     pub(crate) fn new(url: &str, options: &ConsumerOptions) -> Result<Self, Error> {
@@ -62,7 +65,10 @@ impl Target {
             // Batches are up to megabytes: HTTP/2's default 64 KiB windows would stall the
             // stream on a window update every few frames.
             .initial_stream_window_size(Some(RECEIVE_WINDOW_BYTES))
-            .initial_connection_window_size(Some(RECEIVE_WINDOW_BYTES));
+            .initial_connection_window_size(Some(RECEIVE_WINDOW_BYTES))
+            // Lets the server send a batch in a few large DATA frames rather than hundreds
+            // of 16 KiB ones, each a separate wake-up and copy on this side.
+            .max_frame_size(Some(MAX_FRAME_BYTES));
         let https = match endpoint.uri().scheme_str() {
             Some("https") => true,
             Some("http") => false,
