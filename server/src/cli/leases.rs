@@ -8,8 +8,8 @@ use futures::StreamExt;
 use kinesis_butler_proto as pb;
 use serde_json::json;
 
-use crate::butler::describe_group;
-use crate::kinesis::{IteratorStart, Kinesis};
+use crate::coordination::butler::describe_group;
+use crate::retrieval::kinesis::{IteratorStart, Kinesis};
 use crate::store::{self, GroupKey, SHARD_END};
 
 /// Options of `kinesis-butler leases`.

@@ -3,7 +3,7 @@
 //! Each app has one registered stream consumer per stream, named
 //! `kinesis-butler-<app>` (registered on first use, found again if it exists, never
 //! deregistered by the server). A shard reader subscribes from where it stands (the
-//! same resume rule as polling, see [`crate::reader`]) and delivers every event's
+//! same resume rule as polling, see [`crate::retrieval::reader`]) and delivers every event's
 //! records. It subscribes again, from the last user record delivered:
 //! - before Kinesis ends the subscription (after 5 minutes), once the configured
 //!   lifetime is over;
@@ -25,10 +25,11 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::kinesis::{IteratorStart, Kinesis, KinesisError};
-use crate::kpl::{self, Deaggregated};
 use crate::metrics as m;
-use crate::reader::{retry_delay, Backoff, Delivery, ReaderSpec};
+use crate::retrieval::delivery::{Delivery, ReaderSpec};
+use crate::retrieval::kinesis::{IteratorStart, Kinesis, KinesisError};
+use crate::retrieval::kpl::{self, Deaggregated};
+use crate::retrieval::retry::{retry_delay, Backoff};
 use crate::seqnum::SequenceNumber;
 
 /// Prefix of the registered consumer names; the app name follows.

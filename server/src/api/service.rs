@@ -7,7 +7,7 @@ use futures::Stream;
 use kinesis_butler_proto as pb;
 use tonic::{Request, Response, Status};
 
-use crate::butler::Butler;
+use crate::coordination::butler::Butler;
 
 /// `kinesis_butler.v1.Butler` over a [`Butler`] core.
 pub struct ButlerService {

@@ -277,7 +277,7 @@ impl Kinesis {
             .shard_iterator(iterator)
             .limit(limit as i32)
             .customize()
-            .interceptor(crate::get_records_decoder::FastGetRecords)
+            .interceptor(crate::retrieval::get_records_decoder::FastGetRecords)
             .send()
             .await
             .map_err(KinesisError::from_sdk)?;

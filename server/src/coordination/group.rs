@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::clock::now_ms;
 
 use kinesis_butler_proto as pb;
 use pb::get_records_response::Event;
@@ -15,19 +17,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::balancer;
+use crate::coordination::balancer;
+use crate::coordination::session::Session;
 use crate::error::ButlerError;
-use crate::kinesis::{IteratorStart, Kinesis};
 use crate::metrics as m;
-use crate::reader::{self, Position, ReaderSpec, StartAt};
-use crate::session::Session;
+use crate::retrieval::delivery::{Position, ReaderSpec, StartAt};
+use crate::retrieval::kinesis::{IteratorStart, Kinesis};
+use crate::retrieval::reader;
 use crate::store::{Checkpoint, GroupKey, HeldLease, Lease, LeaseStore};
-
-/// Wall-clock milliseconds since the Unix epoch (lease expiries are shared across
-/// instances, so they use the wall clock).
-pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
 
 /// Timing knobs of a group worker.
 #[derive(Clone, Debug)]
@@ -43,7 +40,7 @@ pub struct GroupSettings {
     /// Reader pause when caught up.
     pub idle_interval: Duration,
     /// Read with enhanced fan-out instead of polling.
-    pub fanout: Option<crate::fanout::FanOut>,
+    pub fanout: Option<crate::retrieval::fanout::FanOut>,
 }
 
 struct RunningReader {

@@ -12,12 +12,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::clock::now_ms;
+use crate::coordination::group::{Group, GroupSettings};
+use crate::coordination::session::Session;
 use crate::error::ButlerError;
-use crate::group::{now_ms, Group, GroupSettings};
-use crate::kinesis::{IteratorStart, Kinesis};
 use crate::metrics as m;
+use crate::retrieval::kinesis::{IteratorStart, Kinesis};
 use crate::seqnum::SequenceNumber;
-use crate::session::Session;
 use crate::store::{Checkpoint, GroupKey, LeaseStore, SessionRecord};
 
 /// Limits and defaults of an instance.
