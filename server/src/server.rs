@@ -1,6 +1,7 @@
 //! Wiring a server instance together and serving it until a shutdown signal.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -39,7 +40,7 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
         info!(%addr, "serving Prometheus metrics at /metrics");
     }
     let store = store::open(&config.store).await?;
-    let kinesis = Kinesis::from_env().await;
+    let kinesis: crate::retrieval::source::Source = Arc::new(Kinesis::from_env().await);
     let settings = ButlerSettings {
         group: GroupSettings {
             lease_ttl: config.lease_ttl,

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::coordination::butler::describe_group;
 use crate::retrieval::kinesis::{IteratorStart, Kinesis};
+use crate::retrieval::source::ShardSource;
 use crate::store::{self, GroupKey, SHARD_END};
 
 /// Options of `kinesis-butler leases`.

@@ -17,7 +17,8 @@ use crate::coordination::group::{Group, GroupSettings};
 use crate::coordination::session::Session;
 use crate::error::ButlerError;
 use crate::metrics as m;
-use crate::retrieval::kinesis::{IteratorStart, Kinesis};
+use crate::retrieval::kinesis::IteratorStart;
+use crate::retrieval::source::Source;
 use crate::seqnum::SequenceNumber;
 use crate::store::{Checkpoint, GroupKey, LeaseStore, SessionRecord};
 
@@ -36,7 +37,7 @@ pub struct ButlerSettings {
 pub struct Butler {
     instance_id: String,
     store: Arc<dyn LeaseStore>,
-    kinesis: Kinesis,
+    kinesis: Source,
     settings: ButlerSettings,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     groups: Mutex<HashMap<GroupKey, Arc<Group>>>,
@@ -75,7 +76,7 @@ fn require_streams(streams: &[String]) -> Result<(), ButlerError> {
 
 impl Butler {
     /// A new instance core with a random instance id.
-    pub fn new(store: Arc<dyn LeaseStore>, kinesis: Kinesis, settings: ButlerSettings) -> Arc<Self> {
+    pub fn new(store: Arc<dyn LeaseStore>, kinesis: Source, settings: ButlerSettings) -> Arc<Self> {
         Arc::new(Self {
             instance_id: uuid::Uuid::new_v4().to_string(),
             store,
@@ -138,7 +139,16 @@ impl Butler {
                 Err(_) => return Err(ButlerError::InvalidArgument(format!("unknown start position kind {}", p.kind))),
             },
         };
-        self.initialize(&req.app, &req.streams).await?;
+        // Only streams this instance has no group for yet are listed now (which also
+        // tells a missing stream at once); a known group's periodic shard sync finds new
+        // shards, so a session joining a busy stream makes no Kinesis call.
+        let unknown: Vec<String> = {
+            let groups = self.groups.lock().expect("groups");
+            req.streams.iter().filter(|s| !groups.contains_key(&GroupKey::new(&req.app, s.as_str()))).cloned().collect()
+        };
+        if !unknown.is_empty() {
+            self.initialize(&req.app, &unknown).await?;
+        }
 
         let (tx, rx) = mpsc::channel(self.settings.session_buffer.max(2));
         let session = Arc::new(Session {

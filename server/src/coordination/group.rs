@@ -22,8 +22,9 @@ use crate::coordination::session::Session;
 use crate::error::ButlerError;
 use crate::metrics as m;
 use crate::retrieval::delivery::{Position, ReaderSpec, StartAt};
-use crate::retrieval::kinesis::{IteratorStart, Kinesis};
+use crate::retrieval::kinesis::IteratorStart;
 use crate::retrieval::reader;
+use crate::retrieval::source::Source;
 use crate::store::{Checkpoint, GroupKey, HeldLease, Lease, LeaseStore};
 
 /// Timing knobs of a group worker.
@@ -61,7 +62,7 @@ struct GroupState {
 pub struct Group {
     key: GroupKey,
     store: Arc<dyn LeaseStore>,
-    kinesis: Kinesis,
+    kinesis: Source,
     settings: GroupSettings,
     state: Mutex<GroupState>,
     wake: Notify,
@@ -73,7 +74,7 @@ pub struct Group {
 
 impl Group {
     /// A group with no sessions yet; `run` drives it.
-    pub fn new(key: GroupKey, store: Arc<dyn LeaseStore>, kinesis: Kinesis, settings: GroupSettings) -> Self {
+    pub fn new(key: GroupKey, store: Arc<dyn LeaseStore>, kinesis: Source, settings: GroupSettings) -> Self {
         Self {
             key,
             store,

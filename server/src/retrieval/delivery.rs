@@ -28,8 +28,9 @@ use tracing::warn;
 
 use crate::coordination::session::Outbox;
 use crate::metrics as m;
-use crate::retrieval::kinesis::{IteratorStart, Kinesis, KinesisError};
+use crate::retrieval::kinesis::{IteratorStart, KinesisError};
 use crate::retrieval::kpl::{self, Deaggregated};
+use crate::retrieval::source::ShardSource;
 use crate::seqnum::SequenceNumber;
 
 /// Kinesis allows 5 GetRecords calls per second per shard.
@@ -159,7 +160,7 @@ impl Delivery {
     /// A fresh shard iterator at [`Self::next_start`]; `Ok(None)` when Kinesis no longer
     /// knows the shard while still listing the stream: a closed shard trimmed past the
     /// retention period, which has nothing left to read (its children must not wait).
-    pub(crate) async fn open_iterator(&mut self, kinesis: &Kinesis) -> Result<Option<String>, KinesisError> {
+    pub(crate) async fn open_iterator(&mut self, kinesis: &dyn ShardSource) -> Result<Option<String>, KinesisError> {
         let start = self.next_start();
         match kinesis.shard_iterator(&self.stream, &self.shard_id, &start).await {
             Ok(it) => Ok(Some(it)),

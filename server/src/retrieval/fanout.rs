@@ -27,9 +27,10 @@ use tracing::{debug, info, warn};
 
 use crate::metrics as m;
 use crate::retrieval::delivery::{Delivery, ReaderSpec};
-use crate::retrieval::kinesis::{IteratorStart, Kinesis, KinesisError};
+use crate::retrieval::kinesis::{IteratorStart, KinesisError};
 use crate::retrieval::kpl::{self, Deaggregated};
 use crate::retrieval::retry::{retry_delay, Backoff};
+use crate::retrieval::source::ShardSource;
 use crate::seqnum::SequenceNumber;
 
 /// Prefix of the registered consumer names; the app name follows.
@@ -71,7 +72,7 @@ impl FanOut {
     }
 
     /// The ARN of the app's consumer on the stream, registering it on first use.
-    async fn consumer_arn(&self, kinesis: &Kinesis, app: &str, stream: &str) -> Result<String, KinesisError> {
+    async fn consumer_arn(&self, kinesis: &dyn ShardSource, app: &str, stream: &str) -> Result<String, KinesisError> {
         let cell =
             self.consumers.lock().expect("consumers").entry((app.to_owned(), stream.to_owned())).or_default().clone();
         let name = Self::consumer_name(app);
@@ -80,7 +81,7 @@ impl FanOut {
 
     /// Reads the shard through subscriptions. Returns true at the end of a closed shard,
     /// false when stopped.
-    pub(crate) async fn read(&self, kinesis: &Kinesis, spec: &ReaderSpec, delivery: &mut Delivery) -> bool {
+    pub(crate) async fn read(&self, kinesis: &dyn ShardSource, spec: &ReaderSpec, delivery: &mut Delivery) -> bool {
         let (stream, shard) = (spec.stream.as_str(), spec.shard_id.as_str());
         let mut backoff = Backoff::default();
         let mut last_end_check: Option<Instant> = None;
@@ -175,7 +176,7 @@ impl FanOut {
 /// Whether the shard is closed and nothing follows the delivery's position: asks for a
 /// page at the position; none of its records new and no next iterator means the end.
 async fn ended_by_polling(
-    kinesis: &Kinesis,
+    kinesis: &dyn ShardSource,
     stream: &str,
     shard: &str,
     delivery: &Delivery,

@@ -6,5 +6,7 @@ pub mod fanout;
 pub mod get_records_decoder;
 pub mod kinesis;
 pub mod kpl;
+pub mod memory;
 pub mod reader;
 pub mod retry;
+pub mod source;

@@ -16,11 +16,12 @@ use tracing::{debug, info};
 use crate::coordination::session::Outbox;
 use crate::metrics as m;
 use crate::retrieval::delivery::{Delivery, ReaderSpec, MIN_CALL_SPACING};
-use crate::retrieval::kinesis::{Kinesis, KinesisError};
+use crate::retrieval::kinesis::KinesisError;
 use crate::retrieval::retry::{retry_delay, Backoff};
+use crate::retrieval::source::{ShardSource, Source};
 
 /// Reads the shard until it ends, the token is cancelled or the outbox closes.
-pub async fn run(kinesis: Kinesis, spec: ReaderSpec, out: Outbox, cancel: CancellationToken) {
+pub async fn run(kinesis: Source, spec: ReaderSpec, out: Outbox, cancel: CancellationToken) {
     let mut delivery = Delivery::new(&spec, out, cancel);
     if !delivery.send(Event::ShardAssigned(spec.assigned.clone())).await {
         return;
@@ -28,8 +29,8 @@ pub async fn run(kinesis: Kinesis, spec: ReaderSpec, out: Outbox, cancel: Cancel
     let (stream, shard) = (spec.stream.as_str(), spec.shard_id.as_str());
     info!(stream, shard, epoch = spec.epoch, start = ?spec.start, fanout = spec.fanout.is_some(), "shard reader started");
     let ended = match &spec.fanout {
-        Some(fanout) => fanout.read(&kinesis, &spec, &mut delivery).await,
-        None => poll(&kinesis, &spec, &mut delivery).await,
+        Some(fanout) => fanout.read(kinesis.as_ref(), &spec, &mut delivery).await,
+        None => poll(kinesis.as_ref(), &spec, &mut delivery).await,
     };
     if ended {
         info!(stream, shard, "reached the end of the closed shard");
@@ -38,7 +39,7 @@ pub async fn run(kinesis: Kinesis, spec: ReaderSpec, out: Outbox, cancel: Cancel
 }
 
 /// Polls GetRecords. Returns true at the end of a closed shard, false when stopped.
-async fn poll(kinesis: &Kinesis, spec: &ReaderSpec, delivery: &mut Delivery) -> bool {
+async fn poll(kinesis: &dyn ShardSource, spec: &ReaderSpec, delivery: &mut Delivery) -> bool {
     let (stream, shard) = (spec.stream.as_str(), spec.shard_id.as_str());
     let mut backoff = Backoff::default();
     let mut iterator: Option<String> = None;
