@@ -8,7 +8,7 @@ use std::time::Duration;
 use kinesis_butler_proto as pb;
 use tracing::{debug, warn};
 
-use crate::backoff::Backoff;
+use kinesis_butler_proto::backoff::Backoff;
 use crate::connection::Api;
 use crate::error::{describe, is_transient, Error};
 use crate::handler::{Record, ShardInfo};

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::backoff::Backoff;
+use kinesis_butler_proto::backoff::Backoff;
 use crate::checkpointer::{Checkpointer, ShardLease, Target};
 use crate::error::{Error, ErrorKind, HandlerError};
 use crate::handler::{Batch, Handler, Record, ShardInfo, StopReason};
