@@ -1,7 +1,7 @@
 //! The core of a server instance: sessions, groups and checkpoints. The gRPC layer
 //! translates requests into calls here.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
@@ -51,27 +51,11 @@ pub type SessionEvents = futures::stream::TakeUntil<
 >;
 
 fn require_name(what: &str, value: &str) -> Result<(), ButlerError> {
-    if value.trim().is_empty() {
-        return Err(ButlerError::InvalidArgument(format!("{what} must not be empty")));
-    }
-    if value.len() > 256 {
-        return Err(ButlerError::InvalidArgument(format!("{what} is longer than 256 characters")));
-    }
-    Ok(())
+    kinesis_butler_proto::names::validate_name(what, value).map_err(ButlerError::InvalidArgument)
 }
 
 fn require_streams(streams: &[String]) -> Result<(), ButlerError> {
-    if streams.is_empty() {
-        return Err(ButlerError::InvalidArgument("streams must name at least one stream".into()));
-    }
-    let mut seen = HashSet::new();
-    for s in streams {
-        require_name("stream name", s)?;
-        if !seen.insert(s) {
-            return Err(ButlerError::InvalidArgument(format!("stream {s:?} is named twice")));
-        }
-    }
-    Ok(())
+    kinesis_butler_proto::names::validate_streams(streams).map_err(ButlerError::InvalidArgument)
 }
 
 impl Butler {

@@ -123,6 +123,14 @@ impl Delivery {
     }
 
     /// The cancellation token of the reader.
+    pub(crate) fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    pub(crate) fn shard_id(&self) -> &str {
+        &self.shard_id
+    }
+
     pub(crate) fn cancel(&self) -> &CancellationToken {
         &self.cancel
     }

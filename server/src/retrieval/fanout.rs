@@ -25,11 +25,10 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::metrics as m;
 use crate::retrieval::delivery::{Delivery, ReaderSpec};
 use crate::retrieval::kinesis::{IteratorStart, KinesisError};
 use crate::retrieval::kpl::{self, Deaggregated};
-use crate::retrieval::retry::{retry_delay, Backoff};
+use crate::retrieval::retry::{back_off, Backoff};
 use crate::retrieval::source::ShardSource;
 use crate::seqnum::SequenceNumber;
 
@@ -100,8 +99,7 @@ impl FanOut {
                     match delivery.open_iterator(kinesis).await {
                         Ok(None) => return true,
                         _ => {
-                            let delay = retry_delay(&mut backoff, &KinesisError::NotFound(text), stream, shard);
-                            if !delivery.sleep_until(Instant::now() + delay).await {
+                            if !back_off(delivery, &mut backoff, &KinesisError::NotFound(text)).await {
                                 return false;
                             }
                             continue;
@@ -109,9 +107,7 @@ impl FanOut {
                     }
                 }
                 Err(e) => {
-                    metrics::counter!(m::KINESIS_ERRORS, "kind" => e.kind()).increment(1);
-                    let delay = retry_delay(&mut backoff, &e, stream, shard);
-                    if !delivery.sleep_until(Instant::now() + delay).await {
+                    if !back_off(delivery, &mut backoff, &e).await {
                         return false;
                     }
                     continue;
@@ -138,9 +134,7 @@ impl FanOut {
                         break;
                     }
                     Err(e) => {
-                        metrics::counter!(m::KINESIS_ERRORS, "kind" => e.kind()).increment(1);
-                        let delay = retry_delay(&mut backoff, &e, stream, shard);
-                        if !delivery.sleep_until(Instant::now() + delay).await {
+                        if !back_off(delivery, &mut backoff, &e).await {
                             return false;
                         }
                         break;

@@ -17,7 +17,7 @@ use crate::coordination::session::Outbox;
 use crate::metrics as m;
 use crate::retrieval::delivery::{Delivery, ReaderSpec, MIN_CALL_SPACING};
 use crate::retrieval::kinesis::KinesisError;
-use crate::retrieval::retry::{retry_delay, Backoff};
+use crate::retrieval::retry::{back_off, Backoff};
 use crate::retrieval::source::{ShardSource, Source};
 
 /// Reads the shard until it ends, the token is cancelled or the outbox closes.
@@ -56,7 +56,10 @@ async fn poll(kinesis: &dyn ShardSource, spec: &ReaderSpec, delivery: &mut Deliv
                 Ok(Some(it)) => it,
                 Ok(None) => return true,
                 Err(e) => {
-                    next_call = Instant::now() + retry_delay(&mut backoff, &e, stream, shard);
+                    if !back_off(delivery, &mut backoff, &e).await {
+                        return false;
+                    }
+                    next_call = Instant::now();
                     continue;
                 }
             },
@@ -66,20 +69,20 @@ async fn poll(kinesis: &dyn ShardSource, spec: &ReaderSpec, delivery: &mut Deliv
         }
         let call_started = Instant::now();
         metrics::counter!(m::GET_RECORDS_CALLS, &labels).increment(1);
-        let result = kinesis.get_records(&iter, spec.batch_size).await;
-        if let Err(e) = &result {
-            metrics::counter!(m::KINESIS_ERRORS, "kind" => e.kind()).increment(1);
-        }
-        let page = match result {
+        let page = match kinesis.get_records(&iter, spec.batch_size).await {
             Ok(page) => page,
             Err(KinesisError::ExpiredIterator) => {
+                metrics::counter!(m::KINESIS_ERRORS, "kind" => KinesisError::ExpiredIterator.kind()).increment(1);
                 debug!(stream, shard, "shard iterator expired, getting a fresh one");
                 iterator = None;
                 next_call = call_started + MIN_CALL_SPACING;
                 continue;
             }
             Err(e) => {
-                next_call = Instant::now() + retry_delay(&mut backoff, &e, stream, shard);
+                if !back_off(delivery, &mut backoff, &e).await {
+                    return false;
+                }
+                next_call = Instant::now();
                 continue;
             }
         };

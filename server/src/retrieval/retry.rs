@@ -1,37 +1,21 @@
-//! Backoff and the one place that logs a failed Kinesis call before a retry.
+//! The one way a shard reader recovers from a failed Kinesis call: count it, log it,
+//! back off with jitter, and stop if the reader is cancelled meanwhile.
 
-use std::time::Duration;
-
-use rand::Rng;
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
+pub(crate) use kinesis_butler_proto::backoff::Backoff;
+
+use crate::metrics as m;
+use crate::retrieval::delivery::Delivery;
 use crate::retrieval::kinesis::KinesisError;
 
-const BACKOFF_BASE: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
-
-/// Exponential backoff with full jitter.
-#[derive(Default)]
-pub(crate) struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    /// The next delay: between half and all of base·2^attempt, capped.
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let cap = BACKOFF_BASE.saturating_mul(1 << self.attempt.min(10)).min(BACKOFF_MAX);
-        self.attempt += 1;
-        rand::rng().random_range(cap / 2..=cap)
-    }
-
-    /// Back to the shortest delay after a success.
-    pub(crate) fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-/// Logs a failed Kinesis call and returns how long to wait before the next try.
-pub(crate) fn retry_delay(backoff: &mut Backoff, err: &KinesisError, stream: &str, shard: &str) -> Duration {
+/// Counts and logs a failed call, then waits out the backoff. Returns false when the
+/// reader was cancelled while waiting.
+pub(crate) async fn back_off(delivery: &Delivery, backoff: &mut Backoff, err: &KinesisError) -> bool {
+    metrics::counter!(m::KINESIS_ERRORS, "kind" => err.kind()).increment(1);
     let delay = backoff.next_delay();
+    let (stream, shard) = (delivery.stream(), delivery.shard_id());
     if err.is_retryable() {
         debug!(stream, shard, error = %err, ?delay, "Kinesis call failed, retrying");
     } else {
@@ -39,5 +23,5 @@ pub(crate) fn retry_delay(backoff: &mut Backoff, err: &KinesisError, stream: &st
         // balancer's shard sync decides whether the shard still exists.
         warn!(stream, shard, error = %err, ?delay, "Kinesis call rejected, retrying");
     }
-    delay
+    delivery.sleep_until(Instant::now() + delay).await
 }
