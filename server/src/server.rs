@@ -33,7 +33,7 @@ fn tls_config(config: &ServeConfig) -> anyhow::Result<Option<tonic::transport::S
 }
 
 /// Opens the store, connects to Kinesis and serves gRPC on `config.listen` until
-/// `shutdown` completes; then drains gracefully (see [`Butler::drain`]).
+/// `shutdown` completes; then drains gracefully (revokes every shard, waits for final checkpoints, frees the rest).
 pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     if let Some(addr) = config.metrics_listen {
         metrics::install(addr)?;

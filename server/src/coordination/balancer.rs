@@ -17,7 +17,7 @@ use crate::store::{Lease, SessionRecord};
 
 /// What one instance should do this round.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Free or expired leases to acquire: (shard id, expected epoch, local session).
     pub acquire: Vec<(String, u64, String)>,
     /// Live leases to ask a handoff for: (shard id, epoch, local session).
@@ -26,7 +26,7 @@ pub struct Plan {
 
 /// Whether a lease may be read now: not finished, and every parent it names that is
 /// still tracked has been read to its end.
-pub fn readable_shards(leases: &[Lease]) -> Vec<&Lease> {
+pub(crate) fn readable_shards(leases: &[Lease]) -> Vec<&Lease> {
     let finished: BTreeMap<&str, bool> = leases.iter().map(|l| (l.shard_id.as_str(), l.is_finished())).collect();
     leases
         .iter()
@@ -36,7 +36,7 @@ pub fn readable_shards(leases: &[Lease]) -> Vec<&Lease> {
 }
 
 /// Plans acquisitions and handoff requests for `local` sessions.
-pub fn plan(leases: &[Lease], sessions: &[SessionRecord], local: &[String], now_ms: i64) -> Plan {
+pub(crate) fn plan(leases: &[Lease], sessions: &[SessionRecord], local: &[String], now_ms: i64) -> Plan {
     let mut plan = Plan::default();
     let live: HashSet<&str> =
         sessions.iter().map(|s| s.session_id.as_str()).chain(local.iter().map(String::as_str)).collect();

@@ -24,7 +24,7 @@ use crate::store::{Checkpoint, GroupKey, LeaseStore, SessionRecord};
 
 /// Limits and defaults of an instance.
 #[derive(Clone, Debug)]
-pub struct ButlerSettings {
+pub(crate) struct ButlerSettings {
     /// Group worker timings.
     pub group: GroupSettings,
     /// Default records per batch.
@@ -34,7 +34,7 @@ pub struct ButlerSettings {
 }
 
 /// A server instance's core.
-pub struct Butler {
+pub(crate) struct Butler {
     instance_id: String,
     store: Arc<dyn LeaseStore>,
     kinesis: Source,
@@ -45,7 +45,7 @@ pub struct Butler {
 }
 
 /// The event stream of a new session; it ends when the server closes the session.
-pub type SessionEvents = futures::stream::TakeUntil<
+pub(crate) type SessionEvents = futures::stream::TakeUntil<
     tokio_stream::wrappers::ReceiverStream<Result<pb::GetRecordsResponse, tonic::Status>>,
     tokio_util::sync::WaitForCancellationFutureOwned,
 >;
@@ -60,7 +60,7 @@ fn require_streams(streams: &[String]) -> Result<(), ButlerError> {
 
 impl Butler {
     /// A new instance core with a random instance id.
-    pub fn new(store: Arc<dyn LeaseStore>, kinesis: Source, settings: ButlerSettings) -> Arc<Self> {
+    pub(crate) fn new(store: Arc<dyn LeaseStore>, kinesis: Source, settings: ButlerSettings) -> Arc<Self> {
         Arc::new(Self {
             instance_id: uuid::Uuid::new_v4().to_string(),
             store,
@@ -73,17 +73,12 @@ impl Butler {
     }
 
     /// This instance's id.
-    pub fn instance_id(&self) -> &str {
+    pub(crate) fn instance_id(&self) -> &str {
         &self.instance_id
     }
 
-    /// The lease store.
-    pub fn store(&self) -> &Arc<dyn LeaseStore> {
-        &self.store
-    }
-
     /// Lists each stream's shards and creates or updates their leases.
-    pub async fn initialize(&self, app: &str, streams: &[String]) -> Result<Vec<pb::StreamStatus>, ButlerError> {
+    pub(crate) async fn initialize(&self, app: &str, streams: &[String]) -> Result<Vec<pb::StreamStatus>, ButlerError> {
         require_name("app", app)?;
         require_streams(streams)?;
         let mut out = Vec::with_capacity(streams.len());
@@ -105,7 +100,10 @@ impl Butler {
 
     /// Opens a session: validates the request, initializes its streams, registers it
     /// with each stream's group and returns its event stream.
-    pub async fn open_session(self: &Arc<Self>, req: pb::GetRecordsRequest) -> Result<SessionEvents, ButlerError> {
+    pub(crate) async fn open_session(
+        self: &Arc<Self>,
+        req: pb::GetRecordsRequest,
+    ) -> Result<SessionEvents, ButlerError> {
         require_name("app", &req.app)?;
         require_streams(&req.streams)?;
         if req.max_records_per_batch > 10_000 {
@@ -204,7 +202,7 @@ impl Butler {
     }
 
     /// Ends a session: stops its readers and frees its leases at once.
-    pub async fn close_session(&self, session_id: &str) {
+    pub(crate) async fn close_session(&self, session_id: &str) {
         let Some(session) = self.sessions.lock().expect("sessions").remove(session_id) else {
             return;
         };
@@ -221,7 +219,7 @@ impl Butler {
 
     /// Stores a checkpoint for a shard the session holds, and releases the shard when
     /// asked to or at its end.
-    pub async fn checkpoint(&self, req: pb::CheckpointRequest) -> Result<(), ButlerError> {
+    pub(crate) async fn checkpoint(&self, req: pb::CheckpointRequest) -> Result<(), ButlerError> {
         require_name("session_id", &req.session_id)?;
         require_name("stream", &req.stream)?;
         require_name("shard_id", &req.shard_id)?;
@@ -275,7 +273,7 @@ impl Butler {
     }
 
     /// Every lease and live session of one app and stream.
-    pub async fn describe(&self, app: &str, stream: &str) -> Result<pb::DescribeLeasesResponse, ButlerError> {
+    pub(crate) async fn describe(&self, app: &str, stream: &str) -> Result<pb::DescribeLeasesResponse, ButlerError> {
         require_name("app", app)?;
         require_name("stream", stream)?;
         describe_group(self.store.as_ref(), &GroupKey::new(app, stream)).await
@@ -284,7 +282,7 @@ impl Butler {
     /// Graceful shutdown: revokes every shard with `SHUTDOWN`, waits up to `grace` for
     /// the clients' final checkpoints and releases, then closes every session (freeing
     /// what is left, so other instances take it at once) and stops the group workers.
-    pub async fn drain(&self, grace: std::time::Duration) {
+    pub(crate) async fn drain(&self, grace: std::time::Duration) {
         let groups: Vec<Arc<Group>> = self.groups.lock().expect("groups").values().cloned().collect();
         for group in &groups {
             group.revoke_all().await;
@@ -299,15 +297,13 @@ impl Butler {
         }
         self.shutdown.cancel();
     }
-
-    /// A token cancelled once the instance has shut down.
-    pub fn stopped(&self) -> CancellationToken {
-        self.shutdown.clone()
-    }
 }
 
 /// Every lease and live session of a group, as `DescribeLeases` reports them.
-pub async fn describe_group(store: &dyn LeaseStore, key: &GroupKey) -> Result<pb::DescribeLeasesResponse, ButlerError> {
+pub(crate) async fn describe_group(
+    store: &dyn LeaseStore,
+    key: &GroupKey,
+) -> Result<pb::DescribeLeasesResponse, ButlerError> {
     let now = now_ms();
     let leases = store.list_leases(key).await?;
     let sessions = store.list_sessions(key, now).await?;

@@ -29,7 +29,7 @@ use crate::store::{Checkpoint, GroupKey, HeldLease, Lease, LeaseStore};
 
 /// Timing knobs of a group worker.
 #[derive(Clone, Debug)]
-pub struct GroupSettings {
+pub(crate) struct GroupSettings {
     /// Lease and session time to live.
     pub lease_ttl: Duration,
     /// Round interval.
@@ -59,7 +59,7 @@ struct GroupState {
 }
 
 /// The shared state of one app and stream on this instance.
-pub struct Group {
+pub(crate) struct Group {
     key: GroupKey,
     store: Arc<dyn LeaseStore>,
     kinesis: Source,
@@ -74,7 +74,7 @@ pub struct Group {
 
 impl Group {
     /// A group with no sessions yet; `run` drives it.
-    pub fn new(key: GroupKey, store: Arc<dyn LeaseStore>, kinesis: Source, settings: GroupSettings) -> Self {
+    pub(crate) fn new(key: GroupKey, store: Arc<dyn LeaseStore>, kinesis: Source, settings: GroupSettings) -> Self {
         Self {
             key,
             store,
@@ -87,20 +87,15 @@ impl Group {
         }
     }
 
-    /// The app and stream.
-    pub fn key(&self) -> &GroupKey {
-        &self.key
-    }
-
     /// Adds a local session and asks for a round at once.
-    pub async fn add_session(&self, session: Arc<Session>) {
+    pub(crate) async fn add_session(&self, session: Arc<Session>) {
         self.state.lock().await.sessions.insert(session.id.clone(), session);
         self.wake.notify_one();
     }
 
     /// Removes a local session: stops its readers and frees its leases in the store at
     /// once. Returns whether the group has no local session left.
-    pub async fn remove_session(&self, session_id: &str) -> bool {
+    pub(crate) async fn remove_session(&self, session_id: &str) -> bool {
         let mut state = self.state.lock().await;
         state.sessions.remove(session_id);
         state.readers.retain(|_, r| {
@@ -120,13 +115,13 @@ impl Group {
     }
 
     /// Whether no local session is left.
-    pub async fn is_empty(&self) -> bool {
+    pub(crate) async fn is_empty(&self) -> bool {
         self.state.lock().await.sessions.is_empty()
     }
 
     /// Gives up a shard after the client's final checkpoint (answer to a revoke, or
     /// after `shard_end`).
-    pub async fn release(&self, session_id: &str, shard_id: &str, epoch: u64) -> Result<(), ButlerError> {
+    pub(crate) async fn release(&self, session_id: &str, shard_id: &str, epoch: u64) -> Result<(), ButlerError> {
         let mut state = self.state.lock().await;
         if let Some(r) = state.readers.get(shard_id) {
             if r.session.id == session_id && r.epoch == epoch {
@@ -156,7 +151,7 @@ impl Group {
 
     /// Starts draining: revokes every running shard with `SHUTDOWN` and stops taking
     /// new ones. Clients answer with their final checkpoint and a release.
-    pub async fn revoke_all(&self) {
+    pub(crate) async fn revoke_all(&self) {
         self.draining.store(true, Ordering::SeqCst);
         let mut state = self.state.lock().await;
         for (shard, r) in state.readers.iter_mut().filter(|(_, r)| r.revoked_at.is_none()) {
@@ -167,7 +162,7 @@ impl Group {
     }
 
     /// Waits until every reader of this group was released.
-    pub async fn wait_released(&self) {
+    pub(crate) async fn wait_released(&self) {
         loop {
             let notified = self.released.notified();
             if self.state.lock().await.readers.is_empty() {
@@ -178,7 +173,7 @@ impl Group {
     }
 
     /// Runs rounds until the group has no local session or `shutdown` fires.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+    pub(crate) async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
             if self.is_empty().await {
                 return;

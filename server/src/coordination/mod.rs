@@ -1,7 +1,7 @@
 //! Coordination: the instance core, one group worker per app and stream, the balancer's
 //! decision and the sessions.
 
-pub mod balancer;
-pub mod butler;
-pub mod group;
-pub mod session;
+pub(crate) mod balancer;
+pub(crate) mod butler;
+pub(crate) mod group;
+pub(crate) mod session;

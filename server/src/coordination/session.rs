@@ -7,11 +7,11 @@ use tokio_util::sync::CancellationToken;
 use crate::retrieval::kinesis::IteratorStart;
 
 /// Where a session's events go: bounded, so readers wait for a slow client.
-pub type Outbox = mpsc::Sender<Result<pb::GetRecordsResponse, tonic::Status>>;
+pub(crate) type Outbox = mpsc::Sender<Result<pb::GetRecordsResponse, tonic::Status>>;
 
 /// One client connection reading one or more streams for an app.
 #[derive(Debug)]
-pub struct Session {
+pub(crate) struct Session {
     /// Unique id, given to the client in `SessionStarted`.
     pub id: String,
     /// App (consumer group).

@@ -42,7 +42,7 @@ const LATEST_MARGIN_MS: i64 = 1000;
 /// A user record in a shard: a Kinesis sequence number and a sub-sequence number (the
 /// index inside a KPL aggregate, 0 for a plain record).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Position {
+pub(crate) struct Position {
     /// Sequence number of the Kinesis record.
     pub sequence: SequenceNumber,
     /// Index of the user record inside it.
@@ -51,7 +51,7 @@ pub struct Position {
 
 /// Where a reader begins.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StartAt {
+pub(crate) enum StartAt {
     /// No checkpoint: a fresh iterator position.
     Fresh(IteratorStart),
     /// Right after this checkpoint (see the module docs for the rule).
@@ -59,7 +59,7 @@ pub enum StartAt {
 }
 
 /// Everything a shard reader needs.
-pub struct ReaderSpec {
+pub(crate) struct ReaderSpec {
     /// App the shard is read for (a metrics label).
     pub app: String,
     /// Stream name.

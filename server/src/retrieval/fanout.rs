@@ -33,13 +33,11 @@ use crate::retrieval::source::ShardSource;
 use crate::seqnum::SequenceNumber;
 
 /// Prefix of the registered consumer names; the app name follows.
-pub const CONSUMER_PREFIX: &str = "kinesis-butler-";
-/// Kinesis ends a subscription after 5 minutes; a new one is made before that.
-pub const DEFAULT_SUBSCRIPTION_LIFETIME: Duration = Duration::from_secs(290);
+pub(crate) const CONSUMER_PREFIX: &str = "kinesis-butler-";
 /// How often an idle subscription checks by GetRecords whether its closed shard ended.
-pub const END_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const END_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 /// Counter of SubscribeToShard subscriptions made (labels app, stream).
-pub const SUBSCRIPTIONS: &str = "kinesis_butler_fanout_subscriptions_total";
+pub(crate) const SUBSCRIPTIONS: &str = "kinesis_butler_fanout_subscriptions_total";
 /// Kinesis sends an event at least every few seconds; a silent subscription is stale.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long registration waits for a consumer to become ACTIVE.
@@ -49,7 +47,7 @@ type ConsumerKey = (String, String);
 
 /// Enhanced fan-out for one server instance: settings and the registered consumers.
 #[derive(Clone, Debug)]
-pub struct FanOut {
+pub(crate) struct FanOut {
     subscription_lifetime: Duration,
     consumers: Arc<Mutex<HashMap<ConsumerKey, Arc<OnceCell<String>>>>>,
 }
@@ -57,13 +55,13 @@ pub struct FanOut {
 impl FanOut {
     /// Fan-out whose subscriptions are renewed after `subscription_lifetime` (at most
     /// the 5 minutes Kinesis allows; tests use seconds).
-    pub fn new(subscription_lifetime: Duration) -> Self {
+    pub(crate) fn new(subscription_lifetime: Duration) -> Self {
         Self { subscription_lifetime, consumers: Arc::default() }
     }
 
     /// The consumer name of an app: `kinesis-butler-<app>`, with characters Kinesis
     /// does not allow in names replaced by `_`, at most 128 characters.
-    pub fn consumer_name(app: &str) -> String {
+    pub(crate) fn consumer_name(app: &str) -> String {
         let mut name: String = CONSUMER_PREFIX.to_owned();
         name.extend(app.chars().map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '_' }));
         name.truncate(128);

@@ -21,7 +21,7 @@ use crate::retrieval::retry::{back_off, Backoff};
 use crate::retrieval::source::{ShardSource, Source};
 
 /// Reads the shard until it ends, the token is cancelled or the outbox closes.
-pub async fn run(kinesis: Source, spec: ReaderSpec, out: Outbox, cancel: CancellationToken) {
+pub(crate) async fn run(kinesis: Source, spec: ReaderSpec, out: Outbox, cancel: CancellationToken) {
     let mut delivery = Delivery::new(&spec, out, cancel);
     if !delivery.send(Event::ShardAssigned(spec.assigned.clone())).await {
         return;

@@ -1,6 +1,6 @@
 //! Where shards and records come from: the [`ShardSource`] seam. The aws-sdk client
-//! ([`crate::retrieval::kinesis::Kinesis`]) is the production source; [`MemorySource`]
-//! (`crate::retrieval::memory`) serves the unit tests of the readers and groups, with no
+//! ([`crate::retrieval::kinesis::Kinesis`]) is the production source; [`MemorySource`](crate::retrieval::memory::MemorySource)
+//! serves the unit tests of the readers and groups, with no
 //! emulator.
 
 use std::sync::Arc;
