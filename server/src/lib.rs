@@ -19,3 +19,4 @@ pub mod retrieval;
 pub mod seqnum;
 pub mod server;
 pub mod store;
+pub mod store2;
