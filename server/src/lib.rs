@@ -21,3 +21,4 @@ pub mod retrieval;
 pub mod seqnum;
 pub mod server;
 pub mod store;
+pub mod store2;
