@@ -48,7 +48,7 @@ async fn lag_ms(kinesis: &Kinesis, stream: &str, lease: &pb::LeaseInfo) -> Optio
 pub async fn run(args: LeasesArgs) -> anyhow::Result<()> {
     let store = store::open(&args.store).await?;
     let key = GroupKey::new(&args.app, &args.stream);
-    let described = describe_group(store.as_ref(), &key).await?;
+    let described = describe_group(&store::Leases::new(store), &key).await?;
     let lags: Vec<Option<i64>> = if args.lag {
         let kinesis = Arc::new(Kinesis::from_env().await);
         futures::stream::iter(described.leases.iter())

@@ -12,7 +12,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::clock::now_ms;
 use crate::coordination::group::{Group, GroupSettings};
 use crate::coordination::session::Session;
 use crate::error::ButlerError;
@@ -20,7 +19,7 @@ use crate::metrics as m;
 use crate::retrieval::kinesis::IteratorStart;
 use crate::retrieval::source::Source;
 use crate::seqnum::SequenceNumber;
-use crate::store::{Checkpoint, GroupKey, LeaseStore, SessionRecord};
+use crate::store::{Checkpoint, GroupKey, LeaseStore, Leases, SessionRecord};
 
 /// Limits and defaults of an instance.
 #[derive(Clone, Debug)]
@@ -37,6 +36,7 @@ pub(crate) struct ButlerSettings {
 pub(crate) struct Butler {
     instance_id: String,
     store: Arc<dyn LeaseStore>,
+    leases: Leases,
     kinesis: Source,
     settings: ButlerSettings,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
@@ -63,6 +63,7 @@ impl Butler {
     pub(crate) fn new(store: Arc<dyn LeaseStore>, kinesis: Source, settings: ButlerSettings) -> Arc<Self> {
         Arc::new(Self {
             instance_id: uuid::Uuid::new_v4().to_string(),
+            leases: Leases::new(store.clone()),
             store,
             kinesis,
             settings,
@@ -77,6 +78,7 @@ impl Butler {
         &self.instance_id
     }
 
+
     /// Lists each stream's shards and creates or updates their leases.
     pub(crate) async fn initialize(&self, app: &str, streams: &[String]) -> Result<Vec<pb::StreamStatus>, ButlerError> {
         require_name("app", app)?;
@@ -87,7 +89,7 @@ impl Butler {
                 ButlerError::NotFound(_) => ButlerError::NotFound(format!("stream {stream:?} does not exist")),
                 other => other,
             })?;
-            self.store.sync_shards(&GroupKey::new(app, stream), &shards).await?;
+            self.leases.sync_shards(&GroupKey::new(app, stream), &shards).await?;
             let closed = shards.iter().filter(|s| s.closed).count() as u32;
             out.push(pb::StreamStatus {
                 stream: stream.clone(),
@@ -100,10 +102,7 @@ impl Butler {
 
     /// Opens a session: validates the request, initializes its streams, registers it
     /// with each stream's group and returns its event stream.
-    pub(crate) async fn open_session(
-        self: &Arc<Self>,
-        req: pb::GetRecordsRequest,
-    ) -> Result<SessionEvents, ButlerError> {
+    pub(crate) async fn open_session(self: &Arc<Self>, req: pb::GetRecordsRequest) -> Result<SessionEvents, ButlerError> {
         require_name("app", &req.app)?;
         require_streams(&req.streams)?;
         if req.max_records_per_batch > 10_000 {
@@ -157,14 +156,19 @@ impl Butler {
             session_id: session.id.clone(),
             instance_id: self.instance_id.clone(),
             client_name: session.client_name.clone(),
-            expires_at_ms: now_ms() + self.settings.group.lease_ttl.as_millis() as i64,
+            heartbeat: 0,
         };
         for stream in &session.streams {
-            self.store.put_session(&GroupKey::new(&session.app, stream), &record).await?;
+            let key = GroupKey::new(&session.app, stream);
+            self.leases.put_session(&key, &record).await?;
+            // Other instances balance towards the newcomer at once where the store pushes.
+            if let Err(e) = self.store.notify(&key).await {
+                tracing::warn!(app = %session.app, stream = %stream, error = %e, "could not announce the session");
+            }
         }
         self.sessions.lock().expect("sessions").insert(session.id.clone(), session.clone());
         for stream in &session.streams {
-            self.group(GroupKey::new(&session.app, stream)).add_session(session.clone()).await;
+            self.group(GroupKey::new(&session.app, stream)).add_session(session.clone());
         }
         info!(app = %session.app, streams = ?session.streams, session = %session.id,
             client = %session.client_name, "session opened");
@@ -187,8 +191,13 @@ impl Butler {
         if let Some(g) = groups.get(&key) {
             return g.clone();
         }
-        let group =
-            Arc::new(Group::new(key.clone(), self.store.clone(), self.kinesis.clone(), self.settings.group.clone()));
+        let group = Arc::new(Group::new(
+            key.clone(),
+            self.leases.clone(),
+            self.kinesis.clone(),
+            self.instance_id.clone(),
+            self.settings.group.clone(),
+        ));
         groups.insert(key.clone(), group.clone());
         let (this, worker) = (self.clone(), group.clone());
         tokio::spawn(async move {
@@ -249,7 +258,7 @@ impl Butler {
         let key = GroupKey::new(&session.app, &req.stream);
         if let Some(cp) = &checkpoint {
             let started = std::time::Instant::now();
-            let stored = self.store.checkpoint(&key, &req.shard_id, &session.id, req.lease_epoch, cp).await;
+            let stored = self.leases.checkpoint(&key, &req.shard_id, &session.id, req.lease_epoch, cp).await;
             metrics::histogram!(m::CHECKPOINT_SECONDS).record(started.elapsed().as_secs_f64());
             if let Err(e) = stored {
                 let e = ButlerError::from(e);
@@ -276,7 +285,20 @@ impl Butler {
     pub(crate) async fn describe(&self, app: &str, stream: &str) -> Result<pb::DescribeLeasesResponse, ButlerError> {
         require_name("app", app)?;
         require_name("stream", stream)?;
-        describe_group(self.store.as_ref(), &GroupKey::new(app, stream)).await
+        let key = GroupKey::new(app, stream);
+        let mut described = describe_group(&self.leases, &key).await?;
+        // Where this instance has the group, it knows who is alive: dead sessions and
+        // their owners are left out, as a reader of the table would expect.
+        let group = self.groups.lock().expect("groups").get(&key).cloned();
+        if let Some(alive) = group.map(|g| g.alive_sessions()) {
+            described.sessions.retain(|s| alive.contains(&s.session_id));
+            for lease in &mut described.leases {
+                if !alive.contains(&lease.owner) {
+                    lease.owner.clear();
+                }
+            }
+        }
+        Ok(described)
     }
 
     /// Graceful shutdown: revokes every shard with `SHUTDOWN`, waits up to `grace` for
@@ -285,7 +307,7 @@ impl Butler {
     pub(crate) async fn drain(&self, grace: std::time::Duration) {
         let groups: Vec<Arc<Group>> = self.groups.lock().expect("groups").values().cloned().collect();
         for group in &groups {
-            group.revoke_all().await;
+            group.revoke_all();
         }
         let released = futures::future::join_all(groups.iter().map(|g| g.wait_released()));
         if tokio::time::timeout(grace, released).await.is_err() {
@@ -297,32 +319,32 @@ impl Butler {
         }
         self.shutdown.cancel();
     }
+
 }
 
-/// Every lease and live session of a group, as `DescribeLeases` reports them.
-pub(crate) async fn describe_group(
-    store: &dyn LeaseStore,
-    key: &GroupKey,
-) -> Result<pb::DescribeLeasesResponse, ButlerError> {
-    let now = now_ms();
-    let leases = store.list_leases(key).await?;
-    let sessions = store.list_sessions(key, now).await?;
-    let held = |id: &str| leases.iter().filter(|l| l.is_held(now) && l.owner.as_deref() == Some(id)).count() as u32;
+/// Every lease and session record of a group, as `DescribeLeases` reports them. (One
+/// read cannot tell a dead session from a live one: liveness is judged by change over
+/// time, so a crashed instance's sessions are listed until their records are tidied.)
+pub(crate) async fn describe_group(leases: &Leases, key: &GroupKey) -> Result<pb::DescribeLeasesResponse, ButlerError> {
+    let all = leases.list(key).await?;
+    let sessions = leases.sessions(key).await?;
+    let held = |id: &str| all.iter().filter(|l| l.value.owner.as_deref() == Some(id)).count() as u32;
     Ok(pb::DescribeLeasesResponse {
         sessions: sessions
             .iter()
             .map(|s| pb::SessionInfo {
-                session_id: s.session_id.clone(),
-                instance_id: s.instance_id.clone(),
-                client_name: s.client_name.clone(),
-                shard_count: held(&s.session_id),
+                session_id: s.value.session_id.clone(),
+                instance_id: s.value.instance_id.clone(),
+                client_name: s.value.client_name.clone(),
+                shard_count: held(&s.value.session_id),
             })
             .collect(),
-        leases: leases
+        leases: all
             .into_iter()
+            .map(|l| l.value)
             .map(|l| pb::LeaseInfo {
-                owner: l.owner.clone().filter(|_| l.is_held(now)).unwrap_or_default(),
-                expires_at_ms: if l.owner.is_some() { l.expires_at_ms } else { 0 },
+                owner: l.owner.clone().unwrap_or_default(),
+                expires_at_ms: 0,
                 checkpoint: l.checkpoint.as_text().to_owned(),
                 sub_sequence_number: l.checkpoint.sub_sequence(),
                 shard_id: l.shard_id,

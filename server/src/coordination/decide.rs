@@ -13,7 +13,7 @@ use crate::store::{Lease, Versioned};
 
 /// A running shard reader, as the decision sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReaderView {
+pub(crate) struct ReaderView {
     /// The local session it reads for.
     pub session: String,
     /// The lease epoch it reads at.
@@ -24,7 +24,7 @@ pub struct ReaderView {
 
 /// Everything a decision depends on.
 #[derive(Debug)]
-pub struct View<'a> {
+pub(crate) struct View<'a> {
     /// Every lease of the group, with the version it was read at.
     pub leases: &'a [Versioned<Lease>],
     /// Sessions judged alive (local ones included).
@@ -43,7 +43,7 @@ pub struct View<'a> {
 
 /// Why a lease is released by the group itself (not by its client).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReleaseCause {
+pub(crate) enum ReleaseCause {
     /// The shard was read to its end and checkpointed `SHARD_END`.
     Finished,
     /// The client did not answer a revoke within the handoff grace.
@@ -52,7 +52,7 @@ pub enum ReleaseCause {
 
 /// One step for the group worker.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Take a free lease (or one whose owner is dead) for a local session.
     Acquire {
         /// The lease as read (its version makes the write conditional).
@@ -105,7 +105,7 @@ fn owner_alive<'a>(lease: &'a Lease, live: &HashSet<String>) -> Option<&'a str> 
 }
 
 /// The actions of one round, in the order they should be applied.
-pub fn decide(view: &View<'_>) -> Vec<Action> {
+pub(crate) fn decide(view: &View<'_>) -> Vec<Action> {
     let mut actions = Vec::new();
     let plain: Vec<Lease> = view.leases.iter().map(|l| l.value.clone()).collect();
     if !view.draining {
@@ -179,7 +179,7 @@ pub fn decide(view: &View<'_>) -> Vec<Action> {
 
 /// Whether an instance must stop its readers because it could not renew its sessions
 /// for a whole TTL: other instances may already judge them dead and take their leases.
-pub fn self_fenced(last_renewed: Option<Instant>, now: Instant, ttl: Duration) -> bool {
+pub(crate) fn self_fenced(last_renewed: Option<Instant>, now: Instant, ttl: Duration) -> bool {
     last_renewed.is_some_and(|at| now.saturating_duration_since(at) >= ttl)
 }
 
