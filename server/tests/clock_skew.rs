@@ -26,10 +26,13 @@ fn libfaketime() -> Result<String> {
     });
     from_dpkg
         .or_else(|| {
-            ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"]
-                .into_iter()
-                .find(|p| std::path::Path::new(p).exists())
-                .map(str::to_owned)
+            [
+                "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+                "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+            ]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .map(str::to_owned)
         })
         .context("libfaketime.so.1 not found: apt-get install faketime")
 }
@@ -93,7 +96,10 @@ async fn skewed_wall_clocks_neither_steal_nor_thrash() -> Result<()> {
             figure("skewed_failover_ms", failover.as_millis());
             // A session is dead a TTL after its heartbeat was last seen to change, at most one
             // balance interval before the kill.
-            ensure!(failover + Duration::from_secs(1) >= LEASE_TTL, "shards moved after {failover:?}, before the lease TTL");
+            ensure!(
+                failover + Duration::from_secs(1) >= LEASE_TTL,
+                "shards moved after {failover:?}, before the lease TTL"
+            );
             ensure!(failover <= LEASE_TTL + Duration::from_secs(4), "shards moved only after {failover:?}");
             ensure!(on_a.iter().all(DriverSession::ended), "the killed instance's sessions ended");
 

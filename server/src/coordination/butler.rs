@@ -78,7 +78,6 @@ impl Butler {
         &self.instance_id
     }
 
-
     /// Lists each stream's shards and creates or updates their leases.
     pub(crate) async fn initialize(&self, app: &str, streams: &[String]) -> Result<Vec<pb::StreamStatus>, ButlerError> {
         require_name("app", app)?;
@@ -102,7 +101,10 @@ impl Butler {
 
     /// Opens a session: validates the request, initializes its streams, registers it
     /// with each stream's group and returns its event stream.
-    pub(crate) async fn open_session(self: &Arc<Self>, req: pb::GetRecordsRequest) -> Result<SessionEvents, ButlerError> {
+    pub(crate) async fn open_session(
+        self: &Arc<Self>,
+        req: pb::GetRecordsRequest,
+    ) -> Result<SessionEvents, ButlerError> {
         require_name("app", &req.app)?;
         require_streams(&req.streams)?;
         if req.max_records_per_batch > 10_000 {
@@ -319,7 +321,6 @@ impl Butler {
         }
         self.shutdown.cancel();
     }
-
 }
 
 /// Every lease and session record of a group, as `DescribeLeases` reports them. (One

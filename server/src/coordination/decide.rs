@@ -324,7 +324,9 @@ mod tests {
         let c = Case::new(vec![lease(0, Some("dead"), 1), lease(1, Some("b"), 1)], &["a", "b"], &["a"]);
         let actions = c.decide();
         assert_eq!(actions.len(), 1, "{actions:?}");
-        assert!(matches!(&actions[0], Action::Acquire { lease, owner_dead: true, .. } if lease.value.shard_id == "shard-0000"));
+        assert!(
+            matches!(&actions[0], Action::Acquire { lease, owner_dead: true, .. } if lease.value.shard_id == "shard-0000")
+        );
     }
 
     #[test]

@@ -89,7 +89,13 @@ pub(crate) struct Group {
 
 impl Group {
     /// A group with no sessions yet; `run` drives it.
-    pub(crate) fn new(key: GroupKey, leases: Leases, source: Source, instance_id: String, settings: GroupSettings) -> Self {
+    pub(crate) fn new(
+        key: GroupKey,
+        leases: Leases,
+        source: Source,
+        instance_id: String,
+        settings: GroupSettings,
+    ) -> Self {
         let liveness = Liveness::new(settings.lease_ttl);
         Self {
             key,
@@ -519,4 +525,194 @@ fn send_revoked(session: &Arc<Session>, stream: &str, shard: &str, epoch: u64, r
     tokio::spawn(async move {
         let _ = out.send(Ok(pb::GetRecordsResponse { event: Some(event) })).await;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    //! The group worker over the in-memory store and source, on tokio's paused clock: no
+    //! emulator, no store server.
+
+    use std::time::Duration;
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::retrieval::memory::MemorySource;
+    use crate::store::memory::MemoryStore;
+    use crate::store::LeaseStore;
+
+    const STREAM: &str = "s";
+
+    struct Fixture {
+        leases: Leases,
+        source: Arc<MemorySource>,
+        key: GroupKey,
+        group: Arc<Group>,
+        events: mpsc::Receiver<Result<pb::GetRecordsResponse, tonic::Status>>,
+        shutdown: CancellationToken,
+    }
+
+    async fn fixture(shards: usize) -> Fixture {
+        let store: Arc<dyn LeaseStore> = Arc::new(MemoryStore::new());
+        let leases = Leases::new(store);
+        let source = MemorySource::new();
+        source.create_stream(STREAM, shards);
+        let key = GroupKey::new("app", STREAM);
+        let settings = GroupSettings {
+            lease_ttl: Duration::from_secs(3),
+            balance_interval: Duration::from_secs(1),
+            handoff_grace: Duration::from_secs(2),
+            shard_sync_interval: Duration::from_secs(30),
+            idle_interval: Duration::from_millis(200),
+            fanout: None,
+        };
+        let group = Arc::new(Group::new(key.clone(), leases.clone(), source.clone(), "i1".into(), settings));
+        let (tx, events) = mpsc::channel(64);
+        let session = Arc::new(Session {
+            id: "s1".into(),
+            app: "app".into(),
+            streams: vec![STREAM.into()],
+            client_name: "test".into(),
+            start: IteratorStart::TrimHorizon,
+            batch_size: 100,
+            out: tx,
+            closed: CancellationToken::new(),
+        });
+        let record = SessionRecord {
+            session_id: "s1".into(),
+            instance_id: "i1".into(),
+            client_name: "test".into(),
+            heartbeat: 0,
+        };
+        leases.put_session(&key, &record).await.unwrap();
+        group.add_session(session);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(group.clone().run(shutdown.clone()));
+        Fixture { leases, source, key, group, events, shutdown }
+    }
+
+    impl Fixture {
+        /// The next event that `pick` accepts, skipping others; fails after 60 s of
+        /// (paused, so instant) time.
+        async fn next<T>(&mut self, mut pick: impl FnMut(Event) -> Option<T>) -> T {
+            tokio::time::timeout(Duration::from_secs(60), async {
+                loop {
+                    let event = self.events.recv().await.expect("open").expect("ok").event.expect("event");
+                    if let Some(t) = pick(event) {
+                        return t;
+                    }
+                }
+            })
+            .await
+            .expect("event within the timeout")
+        }
+
+        /// A session on another instance that keeps beating.
+        async fn remote_session(&self, id: &str) -> CancellationToken {
+            let record = SessionRecord {
+                session_id: id.into(),
+                instance_id: "i2".into(),
+                client_name: String::new(),
+                heartbeat: 0,
+            };
+            self.leases.put_session(&self.key, &record).await.unwrap();
+            let (leases, key, id, stop) =
+                (self.leases.clone(), self.key.clone(), id.to_owned(), CancellationToken::new());
+            let stopped = stop.clone();
+            tokio::spawn(async move {
+                while !stopped.is_cancelled() {
+                    leases.beat(&key, std::slice::from_ref(&id)).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            });
+            stop
+        }
+    }
+
+    fn shard(i: usize) -> String {
+        format!("shardId-{i:012}")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn takes_free_leases_reads_them_and_stops_a_lease_taken_elsewhere() {
+        let mut f = fixture(4).await;
+        for i in 0..4 {
+            f.source.put(STREAM, &shard(i), "k", b"x");
+        }
+        let (mut assigned, mut records) = (BTreeMap::new(), 0);
+        while assigned.len() < 4 || records < 4 {
+            match f.next(Some).await {
+                Event::ShardAssigned(a) => {
+                    assigned.insert(a.shard_id, a.lease_epoch);
+                }
+                Event::Records(b) => records += b.records.len(),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(assigned.values().all(|e| *e == 1), "{assigned:?}");
+        assert_eq!(f.source.list_shards_calls(), 1, "one shard sync: the group's first round");
+
+        // Another instance's session takes shard 0 (it judged s1 dead): the reader stops
+        // with LEASE_LOST, and the group does not take it back from a live session.
+        let _remote = f.remote_session("s2").await;
+        let lease = f.leases.get(&f.key, &shard(0)).await.unwrap().unwrap();
+        let taken = f.leases.acquire_many(&f.key, &[(lease, "s2".into(), true)]).await.unwrap();
+        assert!(taken[0].is_some());
+        let (lost, reason) = f
+            .next(|e| match e {
+                Event::ShardRevoked(r) => Some((r.shard_id, r.reason)),
+                _ => None,
+            })
+            .await;
+        assert_eq!((lost.as_str(), reason), (shard(0).as_str(), Reason::LeaseLost as i32));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let now = f.leases.get(&f.key, &shard(0)).await.unwrap().unwrap();
+        assert_eq!(now.value.owner.as_deref(), Some("s2"), "a live owner keeps its lease");
+        f.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_revoke_without_release_hands_over_after_the_grace_and_a_dead_owner_loses() {
+        let mut f = fixture(2).await;
+        let mut assigned = 0;
+        while assigned < 2 {
+            f.next(|e| matches!(e, Event::ShardAssigned(_)).then_some(())).await;
+            assigned += 1;
+        }
+        // s2 (another instance) asks for shard 1; the client never answers the revoke.
+        let remote = f.remote_session("s2").await;
+        let lease = f.leases.get(&f.key, &shard(1)).await.unwrap().unwrap();
+        assert_eq!(f.leases.request_handoffs(&f.key, &[(lease, "s2".into())]).await.unwrap(), vec![true]);
+        let revoked_at = Instant::now();
+        let reason = f
+            .next(|e| match e {
+                Event::ShardRevoked(r) => Some(r.reason),
+                _ => None,
+            })
+            .await;
+        assert_eq!(reason, Reason::Rebalance as i32);
+        let owner = loop {
+            let l = f.leases.get(&f.key, &shard(1)).await.unwrap().unwrap();
+            if l.value.owner.as_deref() == Some("s2") {
+                break l.value.owner;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(owner.as_deref(), Some("s2"));
+        assert!(revoked_at.elapsed() >= Duration::from_secs(2), "handed over only after the grace");
+
+        // s2's instance dies: its heartbeat stops, and after the TTL s1 takes the shard back.
+        remote.cancel();
+        let (back, epoch) = f
+            .next(|e| match e {
+                Event::ShardAssigned(a) if a.shard_id == shard(1) => Some((a.shard_id, a.lease_epoch)),
+                _ => None,
+            })
+            .await;
+        assert_eq!(back, shard(1));
+        assert!(epoch >= 3, "taken over at a new epoch: {epoch}");
+        assert!(f.group.alive_sessions().contains("s1"));
+        assert!(!f.group.alive_sessions().contains("s2"), "s2 is dead in this instance's view");
+        f.shutdown.cancel();
+    }
 }
