@@ -75,9 +75,9 @@ impl Child {
         self.stdout.next_line().await
     }
 
-    /// How the child exited, if it did.
-    pub fn try_exit(&mut self) -> Option<ExitStatus> {
-        self.process.try_wait().ok().flatten()
+    /// How the child exited, waiting up to `wait` for it (after its stdout ended).
+    pub async fn exit_within(&mut self, wait: Duration) -> Option<ExitStatus> {
+        tokio::time::timeout(wait, self.process.wait()).await.ok().and_then(Result::ok)
     }
 
     /// Closes stdin (the child's signal to end), waits up to `grace` for it to exit,

@@ -256,11 +256,10 @@ impl ShardProcess {
             let line = match line {
                 Ok(Some(line)) => line,
                 Ok(None) | Err(_) => {
-                    let status = match child.try_exit() {
-                        Some(status) => status.to_string(),
-                        None => "its stdout closed".to_owned(),
-                    };
-                    return Err(format!("the processor exited ({status}) before answering {}", action.name()));
+                    return Err(match child.exit_within(Duration::from_secs(1)).await {
+                        Some(status) => format!("the processor exited ({status}) before answering {}", action.name()),
+                        None => format!("the processor closed its stdout before answering {}", action.name()),
+                    });
                 }
             };
             match protocol::react(action, &line) {

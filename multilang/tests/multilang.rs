@@ -284,7 +284,12 @@ async fn faulty_children_recover_per_shard_while_the_others_flow() -> Result<()>
     })
     .await?;
     let stored = checkpoints(&endpoint, &app, &stream).await?;
-    assert_ne!(stored.get(hang), puts[hang].last(), "the hung shard cannot be done yet (timeoutInSeconds = 6)");
+    assert_ne!(
+        stored.get(hang),
+        puts[hang].last(),
+        "the hung shard cannot be done yet (timeoutInSeconds = 6):\n{}",
+        runner.log_text()
+    );
 
     wait_checkpointed(60, &endpoint, &app, &stream, &puts).await?;
     eventually(20, "every record seen", || async { Ok(covers(&kclpy_seen(&runner), &puts)) }).await?;
