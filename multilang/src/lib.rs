@@ -30,7 +30,9 @@ pub mod protocol;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kinesis_butler_client::{BackoffSettings, CheckpointPolicy, Consumer, ConsumerOptions, FailurePolicy, StartPosition};
+use kinesis_butler_client::{
+    BackoffSettings, CheckpointPolicy, Consumer, ConsumerOptions, FailurePolicy, StartPosition,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 

@@ -24,7 +24,9 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::child::{Child, ChildLabel};
-use crate::protocol::{self, decide_checkpoint, errors, Action, CheckpointDecision, JsonRecord, Position, Reaction, ToChild};
+use crate::protocol::{
+    self, decide_checkpoint, errors, Action, CheckpointDecision, JsonRecord, Position, Reaction, ToChild,
+};
 
 /// Records kept per shard for replaying to a restarted child (those delivered since its
 /// last checkpoint). Past this, the oldest are dropped (and a restart resumes later).
@@ -70,7 +72,10 @@ fn key(shard: &ShardInfo) -> Key {
 impl Inner {
     fn shard(&self, info: &ShardInfo) -> Arc<tokio::sync::Mutex<ShardProcess>> {
         let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
-        shards.entry(key(info)).or_insert_with(|| Arc::new(tokio::sync::Mutex::new(ShardProcess::new(&self.settings, info)))).clone()
+        shards
+            .entry(key(info))
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(ShardProcess::new(&self.settings, info))))
+            .clone()
     }
 
     fn take_shard(&self, info: &ShardInfo) -> Option<Arc<tokio::sync::Mutex<ShardProcess>>> {

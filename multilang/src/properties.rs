@@ -207,7 +207,8 @@ impl MultilangConfig {
             Some(v) if !v.is_empty() => Ok(v.to_owned()),
             _ => Err(MultilangError::Properties(format!("{key} is required"))),
         };
-        let command: Vec<String> = required("executableName")?.split(' ').filter(|s| !s.is_empty()).map(String::from).collect();
+        let command: Vec<String> =
+            required("executableName")?.split(' ').filter(|s| !s.is_empty()).map(String::from).collect();
         let stream = match (props.get("streamArn").map(str::trim), props.get("streamName").map(str::trim)) {
             (Some(arn), _) if !arn.is_empty() => arn.to_owned(),
             (_, Some(name)) if !name.is_empty() => name.to_owned(),
@@ -277,7 +278,9 @@ mod tests {
 
     #[test]
     fn continuations_and_escapes() {
-        let p = parse("list = one, \\\n       two, \\\n   three\nk\\=ey\\:x = v\\tw\\n\\u00e9\\\\\nlast=end\\\\\nodd=\\\n").unwrap();
+        let p =
+            parse("list = one, \\\n       two, \\\n   three\nk\\=ey\\:x = v\\tw\\n\\u00e9\\\\\nlast=end\\\\\nodd=\\\n")
+                .unwrap();
         assert_eq!(p.get("list"), Some("one, two, three"));
         assert_eq!(p.get("k=ey:x"), Some("v\tw\n\u{e9}\\"));
         assert_eq!(p.get("last"), Some("end\\"), "an even number of backslashes does not continue");
@@ -320,7 +323,10 @@ mod tests {
             ("streamName=s\napplicationName=a\n", "executableName"),
             ("executableName=x\napplicationName=a\n", "streamName"),
             ("executableName=x\nstreamName=s\n", "applicationName"),
-            ("executableName=x\nstreamName=s\napplicationName=a\ninitialPositionInStream=SOON\n", "initialPositionInStream"),
+            (
+                "executableName=x\nstreamName=s\napplicationName=a\ninitialPositionInStream=SOON\n",
+                "initialPositionInStream",
+            ),
             ("executableName=x\nstreamName=s\napplicationName=a\ntimeoutInSeconds=1.5\n", "timeoutInSeconds"),
             ("executableName=x\nstreamName=s\napplicationName=a\nmaxRecords=20000\n", "maxRecords"),
         ] {

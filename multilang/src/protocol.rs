@@ -333,9 +333,13 @@ mod tests {
 
     #[test]
     fn messages_to_the_child_have_the_protocols_fields() {
-        let init = ToChild::Initialize { shard_id: "shardId-1".into(), sequence_number: None, sub_sequence_number: None };
+        let init =
+            ToChild::Initialize { shard_id: "shardId-1".into(), sequence_number: None, sub_sequence_number: None };
         let v: Value = serde_json::from_str(&init.to_line()).unwrap();
-        assert_eq!(v, json!({"action":"initialize","shardId":"shardId-1","sequenceNumber":null,"subSequenceNumber":null}));
+        assert_eq!(
+            v,
+            json!({"action":"initialize","shardId":"shardId-1","sequenceNumber":null,"subSequenceNumber":null})
+        );
         let record = JsonRecord {
             action: "record",
             data: "aGk=".into(),

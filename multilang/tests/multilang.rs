@@ -46,7 +46,13 @@ fn sample(which: Sample, log_dir: &std::path::Path) -> SampleRun {
     }
 }
 
-fn run_sample(dir: &std::path::Path, name: &str, which: Sample, props: &std::path::Path, endpoint: &str) -> Result<Proc> {
+fn run_sample(
+    dir: &std::path::Path,
+    name: &str,
+    which: Sample,
+    props: &std::path::Path,
+    endpoint: &str,
+) -> Result<Proc> {
     let run = sample(which, &dir.join(name));
     let env: Vec<(&str, &str)> = run.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     start_runner(dir, name, props, endpoint, &run.workdir, &env)
@@ -98,14 +104,16 @@ async fn sample_reads_checkpoints_and_resumes(which: Sample) -> Result<()> {
         assert_eq!(seqs.len(), first[shard].len(), "shard {shard}: each record seen once");
     }
     wait_checkpointed(10, &endpoint, &app, &stream, &first).await?;
-    let stops = runner.events().into_iter().filter(|e| e["message"] == "shard stopped; telling its record processor").count();
+    let stops =
+        runner.events().into_iter().filter(|e| e["message"] == "shard stopped; telling its record processor").count();
     assert_eq!(stops, 2, "each shard's processor was told to shut down");
 
     // A restart resumes after the checkpoints: only the new records are seen.
     let second = put_records(&kinesis, &stream, 100, 60).await?;
     let mut runner = run_sample(dir, "run2", which, &props, &endpoint)?;
     wait_checkpointed(60, &endpoint, &app, &stream, &second).await?;
-    eventually(20, "every new record seen", || async { Ok(covers(&seen(which, dir, "run2", &runner), &second)) }).await?;
+    eventually(20, "every new record seen", || async { Ok(covers(&seen(which, dir, "run2", &runner), &second)) })
+        .await?;
     assert!(runner.terminate(30).await?, "the runner exits 0 on SIGTERM:\n{}", runner.log_text());
     let seen2 = seen(which, dir, "run2", &runner);
     assert_in_order(&seen2);
@@ -168,10 +176,13 @@ async fn two_runners_split_shards_and_hand_over_and_a_killed_child_loses_nothing
         &format!("executableName = python3 sample_kclpy_app.py\nstreamName = {stream}\napplicationName = {app}\ninitialPositionInStream = TRIM_HORIZON\n"),
     );
     let mut a = run_sample(dir, "a", Sample::Kclpy, &props, &endpoint)?;
-    eventually(30, "runner a holds every shard", || async { Ok(shard_counts(&endpoint, &app, &stream).await? == [4]) }).await?;
-    let mut b = run_sample(dir, "b", Sample::Kclpy, &props, &endpoint)?;
-    eventually(30, "the runners split the shards", || async { Ok(shard_counts(&endpoint, &app, &stream).await? == [2, 2]) })
+    eventually(30, "runner a holds every shard", || async { Ok(shard_counts(&endpoint, &app, &stream).await? == [4]) })
         .await?;
+    let mut b = run_sample(dir, "b", Sample::Kclpy, &props, &endpoint)?;
+    eventually(30, "the runners split the shards", || async {
+        Ok(shard_counts(&endpoint, &app, &stream).await? == [2, 2])
+    })
+    .await?;
     let mut all = put_records(&kinesis, &stream, 0, 200).await?;
     wait_checkpointed(60, &endpoint, &app, &stream, &all).await?;
 
@@ -216,8 +227,10 @@ async fn two_runners_split_shards_and_hand_over_and_a_killed_child_loses_nothing
         let last = seen_b.get(shard).and_then(|s| s.iter().max_by(|x, y| seq_cmp(x, y)));
         assert_eq!(stored.get(shard), last, "shard {shard}: b's final checkpoint is the last record it saw");
     }
-    eventually(30, "runner a holds every shard again", || async { Ok(shard_counts(&endpoint, &app, &stream).await? == [4]) })
-        .await?;
+    eventually(30, "runner a holds every shard again", || async {
+        Ok(shard_counts(&endpoint, &app, &stream).await? == [4])
+    })
+    .await?;
 
     for (shard, seqs) in put_records(&kinesis, &stream, 5000, 100).await? {
         all.entry(shard).or_default().extend(seqs);
@@ -233,7 +246,10 @@ async fn two_runners_split_shards_and_hand_over_and_a_killed_child_loses_nothing
     assert!(a.terminate(30).await?, "runner a exits 0 on SIGTERM:\n{}", a.log_text());
     wait_checkpointed(10, &endpoint, &app, &stream, &all).await?;
     let failed = failed_shards(&a);
-    assert!(!failed.is_empty() && failed.iter().all(|s| *s == victim_shard), "only the killed shard failed: {failed:?}");
+    assert!(
+        !failed.is_empty() && failed.iter().all(|s| *s == victim_shard),
+        "only the killed shard failed: {failed:?}"
+    );
     assert!(failed_shards(&b).is_empty());
     Ok(())
 }
@@ -306,7 +322,9 @@ async fn faulty_children_recover_per_shard_while_the_others_flow() -> Result<()>
     let error_of = |shard: &str| {
         events
             .iter()
-            .filter(|e| e["shard"] == shard && e["message"].as_str().is_some_and(|m| m.starts_with("record processor failed")))
+            .filter(|e| {
+                e["shard"] == shard && e["message"].as_str().is_some_and(|m| m.starts_with("record processor failed"))
+            })
             .filter_map(|e| e["error"].as_str().map(String::from))
             .collect::<Vec<_>>()
     };

@@ -9,7 +9,11 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
-#[command(name = "kinesis-butler-multilang", version, about = "Runs KCL MultiLangDaemon record processors over Kinesis Butler")]
+#[command(
+    name = "kinesis-butler-multilang",
+    version,
+    about = "Runs KCL MultiLangDaemon record processors over Kinesis Butler"
+)]
 struct Cli {
     #[command(flatten)]
     args: MultilangArgs,

@@ -206,7 +206,10 @@ pub fn server_bin() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let path = exe.parent().and_then(Path::parent).map(|d| d.join("kinesis-butler")).context("target dir")?;
     if !path.exists() {
-        bail!("{} not found: run `cargo build -p kinesis-butler --bin kinesis-butler` first (or set KB_SERVER_BIN)", path.display());
+        bail!(
+            "{} not found: run `cargo build -p kinesis-butler --bin kinesis-butler` first (or set KB_SERVER_BIN)",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -253,7 +256,14 @@ pub fn properties(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 /// Starts `kinesis-butler-multilang` with JSON logs written to `dir/<name>.log`.
-pub fn start_runner(dir: &Path, name: &str, props: &Path, endpoint: &str, workdir: &Path, env: &[(&str, &str)]) -> Result<Proc> {
+pub fn start_runner(
+    dir: &Path,
+    name: &str,
+    props: &Path,
+    endpoint: &str,
+    workdir: &Path,
+    env: &[(&str, &str)],
+) -> Result<Proc> {
     let log = dir.join(format!("{name}.log"));
     let child = Command::new(env!("CARGO_BIN_EXE_kinesis-butler-multilang"))
         .arg("--properties")
@@ -303,7 +313,11 @@ pub fn aws_kcl_seen(log_dir: &Path) -> BTreeMap<String, Vec<String>> {
 }
 
 fn numbers_after(text: &str, marker: &str) -> Vec<String> {
-    text.split(marker).skip(1).map(|s| s.chars().take_while(char::is_ascii_digit).collect::<String>()).filter(|s| !s.is_empty()).collect()
+    text.split(marker)
+        .skip(1)
+        .map(|s| s.chars().take_while(char::is_ascii_digit).collect::<String>())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 /// Every lease of the app and stream: shard → (owner, checkpoint).
@@ -318,7 +332,13 @@ pub async fn checkpoints(endpoint: &str, app: &str, stream: &str) -> Result<BTre
 }
 
 /// Waits until every shard's stored checkpoint is its last put record.
-pub async fn wait_checkpointed(secs: u64, endpoint: &str, app: &str, stream: &str, puts: &BTreeMap<String, Vec<String>>) -> Result<()> {
+pub async fn wait_checkpointed(
+    secs: u64,
+    endpoint: &str,
+    app: &str,
+    stream: &str,
+    puts: &BTreeMap<String, Vec<String>>,
+) -> Result<()> {
     eventually(secs, "checkpoints to reach the last records", || async {
         let stored = checkpoints(endpoint, app, stream).await?;
         Ok(puts.iter().all(|(shard, seqs)| stored.get(shard) == seqs.last()))
