@@ -78,7 +78,7 @@ async fn sample_reads_checkpoints_and_resumes(which: Sample) -> Result<()> {
     let kinesis = kinesis_client();
     let stream = unique("ml-sample");
     create_stream(&kinesis, &stream, 2).await?;
-    let (_server, endpoint) = start_server(dir).await?;
+    let (_server, endpoint) = start_server(dir, &[]).await?;
     let app = unique("app");
     let run = sample(which, dir);
     let props = properties(
@@ -168,7 +168,7 @@ async fn two_runners_split_shards_and_hand_over_and_a_killed_child_loses_nothing
     let kinesis = kinesis_client();
     let stream = unique("ml-two");
     create_stream(&kinesis, &stream, 4).await?;
-    let (_server, endpoint) = start_server(dir).await?;
+    let (_server, endpoint) = start_server(dir, &[]).await?;
     let app = unique("app");
     let props = properties(
         dir,
@@ -263,7 +263,7 @@ async fn faulty_children_recover_per_shard_while_the_others_flow() -> Result<()>
     let kinesis = kinesis_client();
     let stream = unique("ml-faults");
     create_stream(&kinesis, &stream, 4).await?;
-    let (_server, endpoint) = start_server(dir).await?;
+    let (_server, endpoint) = start_server(dir, &[]).await?;
     let app = unique("app");
     let wrapper = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/faults/faulty_kclpy.sh");
     let props = properties(
@@ -340,5 +340,58 @@ async fn faulty_children_recover_per_shard_while_the_others_flow() -> Result<()>
     for shard in [garbage, healthy] {
         assert_eq!(starts.iter().filter(|(s, _)| s == shard).count(), 1, "shard {shard} was never restarted");
     }
+    Ok(())
+}
+
+/// A split parent: the aws-kcl sample gets shardEnded and checkpoints SHARD_END, then the
+/// children's processors read the new records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_parent_gets_shard_ended_then_its_children_are_read() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dir = dir.path();
+    let kinesis = kinesis_client();
+    let stream = unique("ml-split");
+    create_stream(&kinesis, &stream, 1).await?;
+    let (_server, endpoint) = start_server(dir, &["--shard-sync-interval", "500ms"]).await?;
+    let app = unique("app");
+    let run = sample(Sample::AwsKcl, dir);
+    let props = properties(
+        dir,
+        "app.properties",
+        &format!(
+            "executableName = {}\nstreamName = {stream}\napplicationName = {app}\ninitialPositionInStream = TRIM_HORIZON\n",
+            run.executable
+        ),
+    );
+    let before = put_records(&kinesis, &stream, 0, 50).await?;
+    let parent = before.keys().next().expect("one shard").clone();
+    let mut runner = run_sample(dir, "run", Sample::AwsKcl, &props, &endpoint)?;
+    wait_checkpointed(60, &endpoint, &app, &stream, &before).await?;
+
+    kinesis
+        .split_shard()
+        .stream_name(&stream)
+        .shard_to_split(&parent)
+        .new_starting_hash_key("170141183460469231731687303715884105728")
+        .send()
+        .await?;
+    eventually(30, "stream to become ACTIVE after the split", || async {
+        let d = kinesis.describe_stream_summary().stream_name(&stream).send().await?;
+        Ok(d.stream_description_summary().map(|s| s.stream_status().as_str() == "ACTIVE").unwrap_or(false))
+    })
+    .await?;
+    let after = put_records(&kinesis, &stream, 50, 100).await?;
+    assert!(!after.contains_key(&parent), "new records go to the children");
+    wait_checkpointed(90, &endpoint, &app, &stream, &after).await?;
+    let stored = checkpoints(&endpoint, &app, &stream).await?;
+    assert_eq!(stored.get(&parent).map(String::as_str), Some("SHARD_END"));
+    assert!(runner.terminate(30).await?, "the runner exits 0 on SIGTERM:\n{}", runner.log_text());
+    let log = std::fs::read_to_string(dir.join("run/application.log"))?;
+    assert!(log.contains(&format!("ShardId: {parent} has ended. Will checkpoint now.")), "{log}");
+    let mut all = before.clone();
+    all.extend(after.clone());
+    let seen = aws_kcl_seen(&dir.join("run"));
+    assert_all_seen(&seen, &all);
+    assert_in_order(&seen);
     Ok(())
 }

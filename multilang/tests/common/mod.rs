@@ -215,13 +215,14 @@ pub fn server_bin() -> Result<PathBuf> {
 }
 
 /// A Butler server on a SQLite store in `dir`, reading kinesalite.
-pub async fn start_server(dir: &Path) -> Result<(Proc, String)> {
+pub async fn start_server(dir: &Path, extra: &[&str]) -> Result<(Proc, String)> {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let log = dir.join(format!("server-{port}.log"));
     let child = Command::new(server_bin()?)
         .args(["--listen", &listen, "--store", &format!("sqlite://{}", dir.join("butler.db").display())])
         .args(["--balance-interval", "200ms", "--idle-interval", "100ms", "--handoff-grace", "3s", "--lease-ttl", "5s"])
+        .args(extra)
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("AWS_REGION", "us-east-1")
