@@ -271,7 +271,7 @@ async fn faulty_children_recover_per_shard_while_the_others_flow() -> Result<()>
         "app.properties",
         &format!(
             "executableName = sh {}\nstreamName = {stream}\napplicationName = {app}\n\
-             initialPositionInStream = TRIM_HORIZON\ntimeoutInSeconds = 6\n",
+             initialPositionInStream = TRIM_HORIZON\ntimeoutInSeconds = 10\n",
             wrapper.display()
         ),
     );
@@ -303,7 +303,7 @@ async fn faulty_children_recover_per_shard_while_the_others_flow() -> Result<()>
     assert_ne!(
         stored.get(hang),
         puts[hang].last(),
-        "the hung shard cannot be done yet (timeoutInSeconds = 6):\n{}",
+        "the hung shard cannot be done yet (timeoutInSeconds = 10):\n{}",
         runner.log_text()
     );
 
