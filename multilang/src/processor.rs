@@ -28,9 +28,12 @@ use crate::protocol::{
     self, decide_checkpoint, errors, Action, CheckpointDecision, JsonRecord, Position, Reaction, ToChild,
 };
 
-/// Records kept per shard for replaying to a restarted child (those delivered since its
-/// last checkpoint). Past this, the oldest are dropped (and a restart resumes later).
+/// Records (and payload bytes) kept per shard for replaying to a restarted child: those
+/// delivered since its last checkpoint. Past either bound the oldest batches are dropped
+/// (a restart then resumes after them; they stay unacknowledged in the store, so another
+/// runner taking the shard reads them again).
 const MAX_REPLAY_RECORDS: usize = 200_000;
+const MAX_REPLAY_BYTES: usize = 64 << 20;
 
 /// What every shard's child shares.
 #[derive(Clone, Debug)]
@@ -128,6 +131,7 @@ struct ShardProcess {
     /// Batches the child answered whose records are not all checkpointed yet.
     pending: VecDeque<Arc<[Record]>>,
     pending_records: usize,
+    pending_bytes: usize,
     /// The last record given to the current child.
     last_delivered: Option<Position>,
     /// From the latest batch: stores this lease's checkpoints.
@@ -149,6 +153,7 @@ impl ShardProcess {
             lease_checkpoint,
             pending: VecDeque::new(),
             pending_records: 0,
+            pending_bytes: 0,
             last_delivered: None,
             checkpointer: None,
             released: false,
@@ -227,10 +232,14 @@ impl ShardProcess {
         self.exchange(settings.timeout, Action::ProcessRecords, &message).await?;
         if self.checkpoint.as_ref().is_none_or(|c| Position::of(last) > *c) {
             self.pending_records += records.len();
+            self.pending_bytes += payload_bytes(&records);
             self.pending.push_back(records);
-            while self.pending_records > MAX_REPLAY_RECORDS {
+            while self.pending.len() > 1
+                && (self.pending_records > MAX_REPLAY_RECORDS || self.pending_bytes > MAX_REPLAY_BYTES)
+            {
                 let Some(dropped) = self.pending.pop_front() else { break };
                 self.pending_records -= dropped.len();
+                self.pending_bytes -= payload_bytes(&dropped);
                 warn!(shard = %self.label.shard, records = dropped.len(),
                     "the processor has not checkpointed for a long time: a restart will not replay these records");
             }
@@ -313,6 +322,7 @@ impl ShardProcess {
                         Some(last) if Position::of(last) > at => break,
                         _ => {
                             self.pending_records -= front.len();
+                            self.pending_bytes -= payload_bytes(front);
                             self.pending.pop_front();
                         }
                     }
@@ -367,6 +377,10 @@ impl ShardProcess {
             info!(shard = %self.label.shard, pid, status = ?status.map(|s| s.to_string()), "record processor ended");
         }
     }
+}
+
+fn payload_bytes(records: &[Record]) -> usize {
+    records.iter().map(|r| r.data.len()).sum()
 }
 
 fn truncate(text: &str, max: usize) -> &str {
