@@ -1,6 +1,6 @@
 //! The core's error type, mapped once to a gRPC status.
 
-use crate::kinesis::KinesisError;
+use crate::retrieval::kinesis::KinesisError;
 use crate::store::StoreError;
 
 /// Why a request failed, in the terms the client acts on.

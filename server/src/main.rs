@@ -3,8 +3,8 @@
 use std::ffi::OsString;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use kinesis_butler::config::{LogFormat, ServeConfig};
-use kinesis_butler::{config_file, leases_cli};
+use kinesis_butler::cli::config::{LogFormat, ServeConfig};
+use kinesis_butler::cli::{config_file, leases as leases_cli};
 use tracing_subscriber::EnvFilter;
 
 // Relaying multi-megabyte pages through glibc malloc spent a fifth of the server's CPU in

@@ -6,38 +6,38 @@ use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
 /// Records delivered to sessions.
-pub const RECORDS: &str = "kinesis_butler_records_delivered_total";
+pub(crate) const RECORDS: &str = "kinesis_butler_records_delivered_total";
 /// Payload bytes delivered to sessions.
-pub const BYTES: &str = "kinesis_butler_bytes_delivered_total";
+pub(crate) const BYTES: &str = "kinesis_butler_bytes_delivered_total";
 /// Record batches delivered.
-pub const BATCHES: &str = "kinesis_butler_batches_delivered_total";
+pub(crate) const BATCHES: &str = "kinesis_butler_batches_delivered_total";
 /// GetRecords calls made.
-pub const GET_RECORDS_CALLS: &str = "kinesis_butler_get_records_calls_total";
+pub(crate) const GET_RECORDS_CALLS: &str = "kinesis_butler_get_records_calls_total";
 /// Kinesis call failures by kind.
-pub const KINESIS_ERRORS: &str = "kinesis_butler_kinesis_errors_total";
+pub(crate) const KINESIS_ERRORS: &str = "kinesis_butler_kinesis_errors_total";
 /// How far each shard's reader is behind the tip.
-pub const MILLIS_BEHIND: &str = "kinesis_butler_millis_behind_latest";
+pub(crate) const MILLIS_BEHIND: &str = "kinesis_butler_millis_behind_latest";
 /// Leases held by this instance's sessions.
-pub const LEASES_HELD: &str = "kinesis_butler_leases_held";
+pub(crate) const LEASES_HELD: &str = "kinesis_butler_leases_held";
 /// Live sessions on this instance.
-pub const SESSIONS: &str = "kinesis_butler_sessions";
+pub(crate) const SESSIONS: &str = "kinesis_butler_sessions";
 /// Shards revoked for rebalancing.
-pub const REBALANCES: &str = "kinesis_butler_rebalances_total";
+pub(crate) const REBALANCES: &str = "kinesis_butler_rebalances_total";
 /// Time from a revoke to the release of the shard.
-pub const HANDOFF_SECONDS: &str = "kinesis_butler_handoff_duration_seconds";
+pub(crate) const HANDOFF_SECONDS: &str = "kinesis_butler_handoff_duration_seconds";
 /// Checkpoints stored.
-pub const CHECKPOINTS: &str = "kinesis_butler_checkpoints_total";
+pub(crate) const CHECKPOINTS: &str = "kinesis_butler_checkpoints_total";
 /// Checkpoints refused, by reason.
-pub const CHECKPOINT_FAILURES: &str = "kinesis_butler_checkpoint_failures_total";
+pub(crate) const CHECKPOINT_FAILURES: &str = "kinesis_butler_checkpoint_failures_total";
 /// Checkpoint latency.
-pub const CHECKPOINT_SECONDS: &str = "kinesis_butler_checkpoint_duration_seconds";
+pub(crate) const CHECKPOINT_SECONDS: &str = "kinesis_butler_checkpoint_duration_seconds";
 /// Store operation failures.
-pub const STORE_ERRORS: &str = "kinesis_butler_store_errors_total";
+pub(crate) const STORE_ERRORS: &str = "kinesis_butler_store_errors_total";
 /// 1 while the lease store answers, 0 while it does not.
-pub const STORE_UP: &str = "kinesis_butler_store_up";
+pub(crate) const STORE_UP: &str = "kinesis_butler_store_up";
 
 /// Installs the Prometheus exporter serving `/metrics` on `addr`.
-pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
+pub(crate) fn install(addr: SocketAddr) -> anyhow::Result<()> {
     PrometheusBuilder::new().with_http_listener(addr).install()?;
     describe();
     Ok(())

@@ -1,7 +1,7 @@
 //! Keeps secrets out of logs and error messages.
 
 /// Replaces the password of a URL (`scheme://user:password@host`) with `***`.
-pub fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

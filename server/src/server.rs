@@ -1,19 +1,21 @@
 //! Wiring a server instance together and serving it until a shutdown signal.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::auth::TokenCheck;
-use crate::butler::{Butler, ButlerSettings};
-use crate::config::ServeConfig;
-use crate::group::GroupSettings;
-use crate::kinesis::Kinesis;
+use crate::api::auth::TokenCheck;
+use crate::api::health;
+use crate::api::service::ButlerService;
+use crate::cli::config::ServeConfig;
+use crate::coordination::butler::{Butler, ButlerSettings};
+use crate::coordination::group::GroupSettings;
 use crate::redact::redact_url;
-use crate::service::ButlerService;
-use crate::{health, metrics, store};
+use crate::retrieval::kinesis::Kinesis;
+use crate::{metrics, store};
 
 /// The listener's TLS settings, if a certificate is configured.
 fn tls_config(config: &ServeConfig) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
@@ -31,14 +33,14 @@ fn tls_config(config: &ServeConfig) -> anyhow::Result<Option<tonic::transport::S
 }
 
 /// Opens the store, connects to Kinesis and serves gRPC on `config.listen` until
-/// `shutdown` completes; then drains gracefully (see [`Butler::drain`]).
+/// `shutdown` completes; then drains gracefully (revokes every shard, waits for final checkpoints, frees the rest).
 pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     if let Some(addr) = config.metrics_listen {
         metrics::install(addr)?;
         info!(%addr, "serving Prometheus metrics at /metrics");
     }
     let store = store::open(&config.store).await?;
-    let kinesis = Kinesis::from_env().await;
+    let kinesis: crate::retrieval::source::Source = Arc::new(Kinesis::from_env().await);
     let settings = ButlerSettings {
         group: GroupSettings {
             lease_ttl: config.lease_ttl,
@@ -46,8 +48,8 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
             handoff_grace: config.handoff_grace,
             shard_sync_interval: config.shard_sync_interval,
             idle_interval: config.idle_interval,
-            fanout: (config.retrieval_mode == crate::config::RetrievalMode::FanOut)
-                .then(|| crate::fanout::FanOut::new(config.fanout_subscription_lifetime)),
+            fanout: (config.retrieval_mode == crate::cli::config::RetrievalMode::FanOut)
+                .then(|| crate::retrieval::fanout::FanOut::new(config.fanout_subscription_lifetime)),
         },
         batch_size: config.batch_size,
         session_buffer: config.session_buffer,

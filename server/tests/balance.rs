@@ -326,7 +326,7 @@ async fn two_instances_balance_over_the_total_and_fail_over() -> Result<()> {
         store_agrees(&mut client, &stream, &journal, &all).await?;
 
         // The dead sessions' epochs are fenced in the store itself.
-        let direct = store::open(&store.url()).await?;
+        let direct = store::Leases::new(store::open(&store.url()).await?);
         let key = GroupKey::new(APP, &stream);
         let last_ok: BTreeMap<(String, u64), String> = journal.read(|d| {
             d.checkpoints
@@ -355,6 +355,46 @@ async fn two_instances_balance_over_the_total_and_fail_over() -> Result<()> {
             s.close().await;
         }
         print_summary("two instances", &journal, &puts)
+    })
+    .await
+}
+
+/// Opening a session never waits on a group's balancing work or on Kinesis: with two
+/// instances reading a 250-shard stream (sessions on both, records put throughout), a
+/// new session on either instance gets `SessionStarted` within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_opens_at_once_while_two_instances_read() -> Result<()> {
+    with_stream_and_store("opening", |kinesis, stream, store| async move {
+        let args = server_args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let a = TestServer::start(&store.url(), Emulator::KinesisLocal, &args).await?;
+        let b = TestServer::start(&store.url(), Emulator::KinesisLocal, &args).await?;
+        let mut client = a.client().await?;
+        let all = shard_ids(&mut client, &stream).await?;
+        let producer = Producer::start(kinesis, &stream, 25, Duration::from_millis(250), 9000);
+        let journal = Journal::default();
+        let opening = [(&a, "a0"), (&a, "a1"), (&b, "b0"), (&b, "b1")]
+            .map(|(server, label)| DriverSession::open(&server.addr, APP, &stream, label, &journal));
+        let mut sessions: Vec<DriverSession> = futures::future::try_join_all(opening).await?;
+        journal.wait_until(60, "4 sessions holding 62 or 63 shards", |d| d.balanced(&all, 62, 63)).await?;
+        let mut slowest = Duration::ZERO;
+        for (server, label) in [(&b, "b2"), (&a, "a2")] {
+            let started = Instant::now();
+            let session = DriverSession::open(&server.addr, APP, &stream, label, &journal).await?;
+            let took = started.elapsed();
+            slowest = slowest.max(took);
+            sessions.push(session);
+        }
+        figure("session_started_with_two_instances_ms", ms(slowest));
+        ensure!(slowest <= Duration::from_secs(1), "a new session waited {slowest:?} for SessionStarted");
+        journal.wait_until(60, "6 sessions holding 41 or 42 shards", |d| d.balanced(&all, 41, 42)).await?;
+        store_agrees(&mut client, &stream, &journal, &all).await?;
+        let puts = producer.finish().await?;
+        journal.wait_until(90, "every record put delivered", |d| d.has_all(&puts)).await?;
+        for s in sessions {
+            s.close().await;
+        }
+        print_summary("opening", &journal, &puts)
     })
     .await
 }

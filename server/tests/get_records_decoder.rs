@@ -8,7 +8,8 @@ use anyhow::Result;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType};
 use common::*;
-use kinesis_butler::kinesis::Kinesis;
+use kinesis_butler::retrieval::kinesis::Kinesis;
+use kinesis_butler::retrieval::source::ShardSource;
 
 #[tokio::test]
 async fn decodes_what_the_sdk_decodes_on_both_emulators() -> Result<()> {

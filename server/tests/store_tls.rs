@@ -24,7 +24,7 @@ async fn postgres_over_tls_is_verified_and_passwords_stay_out_of_errors() -> any
     let schema = format!("kb_tls_{}", std::process::id());
     let verified = url(&format!("sslmode=require&sslrootcert={SNAKEOIL}&schema={schema}"));
     let store = store::open(&verified).await.map_err(|e| anyhow::anyhow!("TLS store: {e}"))?;
-    let leases = store.list_leases(&GroupKey::new("app", "stream")).await?;
+    let leases = store.read_leases(&GroupKey::new("app", "stream")).await?;
     assert!(leases.is_empty(), "a fresh schema has no leases");
 
     // A CA that did not sign the server's certificate: refused, not downgraded.

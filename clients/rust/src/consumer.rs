@@ -1,6 +1,5 @@
 //! The consumer: sessions one after another (reconnecting with backoff) until stopped.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -9,12 +8,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::backoff::Backoff;
 use crate::connection::Target;
 use crate::error::Error;
 use crate::handler::Handler;
 use crate::options::ConsumerOptions;
 use crate::session::{self, SessionEnd, Shared};
+use kinesis_butler_proto::backoff::Backoff;
+use kinesis_butler_proto::names;
 
 /// Reads streams of an app through a Kinesis Butler server and hands their records to
 /// a [`Handler`], checkpointing for it. See the [crate documentation](crate).
@@ -33,6 +33,7 @@ impl Consumer {
     /// (e.g. `http://127.0.0.1:50051`). Nothing connects until [`Consumer::run`].
     ///
     /// Errors: [`crate::ErrorKind::InvalidArgument`] for an empty app or stream list,
+    /// a blank or overlong name (the server's rules, `kinesis_butler_proto::names`),
     /// a stream named twice, an endpoint that is not a URI, or invalid options.
     pub fn new<S: Into<String>>(
         endpoint: impl Into<String>,
@@ -42,22 +43,8 @@ impl Consumer {
     ) -> Result<Self, Error> {
         let (endpoint, app) = (endpoint.into(), app.into());
         let streams: Vec<String> = streams.into_iter().map(Into::into).collect();
-        let invalid = |m: String| Err(Error::InvalidArgument(m));
-        if app.trim().is_empty() {
-            return invalid("app must not be empty".into());
-        }
-        if streams.is_empty() {
-            return invalid("name at least one stream".into());
-        }
-        let mut seen = HashSet::new();
-        for s in &streams {
-            if s.trim().is_empty() {
-                return invalid("stream names must not be empty".into());
-            }
-            if !seen.insert(s) {
-                return invalid(format!("stream {s:?} is named twice"));
-            }
-        }
+        names::validate_name("app", &app).map_err(Error::InvalidArgument)?;
+        names::validate_streams(&streams).map_err(Error::InvalidArgument)?;
         options.validate()?;
         let target = Target::new(&endpoint, &options)?;
         Ok(Self {
@@ -212,6 +199,10 @@ mod tests {
             ErrorKind::InvalidArgument
         );
         assert_eq!(kind(Consumer::new("http://127.0.0.1:50051", "app", ["s", "s"], ok())), ErrorKind::InvalidArgument);
+        // The server's name rules: a name longer than 256 characters is refused here already.
+        let long = "s".repeat(257);
+        assert_eq!(kind(Consumer::new("http://127.0.0.1:50051", &long, ["s"], ok())), ErrorKind::InvalidArgument);
+        assert_eq!(kind(Consumer::new("http://127.0.0.1:50051", "app", [&long], ok())), ErrorKind::InvalidArgument);
         assert_eq!(kind(Consumer::new("not a uri", "app", ["s"], ok())), ErrorKind::InvalidArgument);
         assert_eq!(kind(Consumer::new("127.0.0.1:50051", "app", ["s"], ok())), ErrorKind::InvalidArgument);
         assert_eq!(kind(Consumer::new("ftp://127.0.0.1:50051", "app", ["s"], ok())), ErrorKind::InvalidArgument);

@@ -121,7 +121,6 @@
 
 #![warn(missing_docs)]
 
-mod backoff;
 mod checkpointer;
 mod connection;
 mod consumer;

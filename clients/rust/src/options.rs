@@ -4,6 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
+pub use kinesis_butler_proto::backoff::BackoffSettings;
+
 use crate::error::Error;
 
 /// Where to start reading a shard that has no checkpoint yet. Shards with a checkpoint
@@ -54,15 +56,6 @@ pub enum FailurePolicy {
     /// Log the error and go on as if the batch had been handled: it is checkpointed
     /// with the others and never delivered again.
     Skip,
-}
-
-/// An exponential backoff: delays double from `initial` up to `max`, with jitter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BackoffSettings {
-    /// The first delay.
-    pub initial: Duration,
-    /// The largest delay.
-    pub max: Duration,
 }
 
 /// TLS settings for an `https://` endpoint. With none, an `https://` endpoint is

@@ -176,6 +176,23 @@ impl TestServer {
     }
 
     async fn spawn(port: u16, store: &str, endpoint: &str, extra: &[&str], log: Option<&Path>) -> Result<Self> {
+        Self::spawn_with_env(port, store, endpoint, extra, log, &[]).await
+    }
+
+    /// Like `start`, with extra environment variables for the server process (e.g. a
+    /// `faketime` preload that moves its wall clock).
+    pub async fn start_with_env(store: &str, emulator: Emulator, extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        Self::spawn_with_env(free_port(), store, &emulator.endpoint(), extra, None, env).await
+    }
+
+    async fn spawn_with_env(
+        port: u16,
+        store: &str,
+        endpoint: &str,
+        extra: &[&str],
+        log: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let listen = format!("127.0.0.1:{port}");
         let default_level = if log.is_some() { "info" } else { "warn" };
         let stderr = match log {
@@ -193,6 +210,7 @@ impl TestServer {
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ENDPOINT_URL_KINESIS", endpoint)
             .env("RUST_LOG", std::env::var("KB_TEST_LOG").unwrap_or_else(|_| default_level.into()))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stderr(stderr)
             .spawn()

@@ -13,6 +13,10 @@ use aws_sdk_kinesis::types::{
 use aws_sdk_kinesis::Client;
 use tracing::info;
 
+use async_trait::async_trait;
+
+use crate::retrieval::source::{Page, ShardSource, Subscription};
+
 use crate::store::ShardInfo;
 
 /// Kinesis failures, sorted by what the caller does next.
@@ -95,17 +99,6 @@ pub enum IteratorStart {
     AtTimestamp(i64),
 }
 
-/// One GetRecords page.
-#[derive(Debug)]
-pub struct Page {
-    /// Records, in sequence order.
-    pub records: Vec<aws_sdk_kinesis::types::Record>,
-    /// The iterator for the next call; `None` at the end of a closed shard.
-    pub next_iterator: Option<String>,
-    /// How far behind the tip this page is.
-    pub millis_behind_latest: i64,
-}
-
 /// A Kinesis client configured from the standard AWS chain.
 #[derive(Clone, Debug)]
 pub struct Kinesis {
@@ -128,9 +121,12 @@ impl Kinesis {
     pub fn from_client(client: Client) -> Self {
         Self { client }
     }
+}
 
+#[async_trait]
+impl ShardSource for Kinesis {
     /// Every shard of the stream, following ListShards pages.
-    pub async fn list_shards(&self, stream: &str) -> Result<Vec<ShardInfo>, KinesisError> {
+    async fn list_shards(&self, stream: &str) -> Result<Vec<ShardInfo>, KinesisError> {
         let mut shards = Vec::new();
         let mut next: Option<String> = None;
         loop {
@@ -163,7 +159,7 @@ impl Kinesis {
 
     /// Registers the enhanced fan-out consumer `name` on the stream (or finds it if it
     /// exists) and waits, up to `wait`, until it is ACTIVE. Returns its ARN.
-    pub async fn register_consumer(&self, stream: &str, name: &str, wait: Duration) -> Result<String, KinesisError> {
+    async fn register_consumer(&self, stream: &str, name: &str, wait: Duration) -> Result<String, KinesisError> {
         let summary =
             self.client.describe_stream_summary().stream_name(stream).send().await.map_err(KinesisError::from_sdk)?;
         let stream_arn = summary
@@ -220,7 +216,7 @@ impl Kinesis {
     }
 
     /// Subscribes the fan-out consumer to a shard from `start`.
-    pub async fn subscribe(
+    async fn subscribe(
         &self,
         consumer_arn: &str,
         shard_id: &str,
@@ -244,11 +240,11 @@ impl Kinesis {
             .send()
             .await
             .map_err(KinesisError::from_sdk)?;
-        Ok(Subscription { events: out.event_stream })
+        Ok(Subscription::new(sdk_events(out.event_stream)))
     }
 
     /// A shard iterator at `start`.
-    pub async fn shard_iterator(
+    async fn shard_iterator(
         &self,
         stream: &str,
         shard_id: &str,
@@ -270,14 +266,14 @@ impl Kinesis {
     }
 
     /// One GetRecords call.
-    pub async fn get_records(&self, iterator: &str, limit: u32) -> Result<Page, KinesisError> {
+    async fn get_records(&self, iterator: &str, limit: u32) -> Result<Page, KinesisError> {
         let out = self
             .client
             .get_records()
             .shard_iterator(iterator)
             .limit(limit as i32)
             .customize()
-            .interceptor(crate::get_records_decoder::FastGetRecords)
+            .interceptor(crate::retrieval::get_records_decoder::FastGetRecords)
             .send()
             .await
             .map_err(KinesisError::from_sdk)?;
@@ -300,27 +296,21 @@ fn iterator_parts(start: &IteratorStart) -> (ShardIteratorType, Option<String>, 
     }
 }
 
-/// An open SubscribeToShard event stream.
-pub struct Subscription {
+/// The SDK's event receiver as a stream of events (events of types newer than this SDK
+/// are skipped: nothing to deliver).
+fn sdk_events(
     events: EventReceiver<SubscribeToShardEventStream, SubscribeToShardEventStreamError>,
-}
-
-impl std::fmt::Debug for Subscription {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Subscription")
-    }
-}
-
-impl Subscription {
-    /// The next event; `Ok(None)` when Kinesis ended the subscription.
-    pub async fn next(&mut self) -> Result<Option<SubscribeToShardEvent>, KinesisError> {
+) -> futures::stream::BoxStream<'static, Result<SubscribeToShardEvent, KinesisError>> {
+    Box::pin(futures::stream::unfold(events, |mut events| async move {
         loop {
-            match self.events.recv().await.map_err(KinesisError::from_sdk)? {
-                Some(SubscribeToShardEventStream::SubscribeToShardEvent(event)) => return Ok(Some(event)),
-                // An event type newer than this SDK: nothing to deliver.
-                Some(_) => continue,
-                None => return Ok(None),
+            match events.recv().await {
+                Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(event))) => {
+                    return Some((Ok(event), events))
+                }
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(e) => return Some((Err(KinesisError::from_sdk(e)), events)),
             }
         }
-    }
+    }))
 }

@@ -11,12 +11,12 @@ use md5::{Digest, Md5};
 use prost::Message;
 
 /// The four bytes every KPL aggregate starts with.
-pub const MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC2];
+pub(crate) const MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC2];
 const MD5_LEN: usize = 16;
 
 /// The KPL's `AggregatedRecord` protobuf message (proto2).
 #[derive(Clone, PartialEq, Message)]
-pub struct AggregatedRecord {
+pub(crate) struct AggregatedRecord {
     /// Partition keys, referred to by index from the records.
     #[prost(string, repeated, tag = "1")]
     pub partition_key_table: Vec<String>,
@@ -30,7 +30,7 @@ pub struct AggregatedRecord {
 
 /// One user record inside an [`AggregatedRecord`].
 #[derive(Clone, PartialEq, Message)]
-pub struct AggregatedUserRecord {
+pub(crate) struct AggregatedUserRecord {
     /// Index into the partition key table.
     #[prost(uint64, required, tag = "1")]
     pub partition_key_index: u64,
@@ -47,7 +47,7 @@ pub struct AggregatedUserRecord {
 
 /// A KPL tag.
 #[derive(Clone, PartialEq, Message)]
-pub struct Tag {
+pub(crate) struct Tag {
     /// Tag key.
     #[prost(string, required, tag = "1")]
     pub key: String,
@@ -58,7 +58,7 @@ pub struct Tag {
 
 /// A user record taken out of an aggregate.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UserRecord {
+pub(crate) struct UserRecord {
     /// Its index in the aggregate.
     pub sub_sequence_number: u64,
     /// Its partition key, from the aggregate's table.
@@ -69,7 +69,7 @@ pub struct UserRecord {
 
 /// Why data that starts with the KPL magic could not be de-aggregated.
 #[derive(Debug, thiserror::Error, PartialEq)]
-pub enum MalformedAggregate {
+pub(crate) enum MalformedAggregate {
     /// The MD5 of the protobuf bytes does not match the trailing checksum.
     #[error("MD5 checksum mismatch")]
     Checksum,
@@ -93,7 +93,7 @@ pub enum MalformedAggregate {
 
 /// What a Kinesis record's data turned out to be.
 #[derive(Debug, PartialEq)]
-pub enum Deaggregated {
+pub(crate) enum Deaggregated {
     /// A plain record: deliver it as it is.
     Plain,
     /// A KPL aggregate: deliver these user records instead.
@@ -103,12 +103,12 @@ pub enum Deaggregated {
 }
 
 /// Whether `data` has the shape of a KPL aggregate (magic and room for a checksum).
-pub fn is_aggregate(data: &[u8]) -> bool {
+pub(crate) fn is_aggregate(data: &[u8]) -> bool {
     data.len() >= MAGIC.len() + MD5_LEN && data.starts_with(&MAGIC)
 }
 
 /// Splits a Kinesis record's data into user records if it is a KPL aggregate.
-pub fn deaggregate(data: &[u8]) -> Deaggregated {
+pub(crate) fn deaggregate(data: &[u8]) -> Deaggregated {
     if !is_aggregate(data) {
         return Deaggregated::Plain;
     }
@@ -148,7 +148,8 @@ fn decode(data: &[u8]) -> Result<Vec<UserRecord>, MalformedAggregate> {
 
 /// Builds a KPL aggregate of `(partition key, data)` user records (for tests and tools;
 /// the server only reads aggregates).
-pub fn aggregate(records: &[(&str, &[u8])]) -> Vec<u8> {
+#[cfg(test)]
+pub(crate) fn aggregate(records: &[(&str, &[u8])]) -> Vec<u8> {
     let mut keys: Vec<String> = Vec::new();
     let mut message = AggregatedRecord::default();
     for (key, data) in records {

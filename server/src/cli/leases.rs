@@ -8,8 +8,9 @@ use futures::StreamExt;
 use kinesis_butler_proto as pb;
 use serde_json::json;
 
-use crate::butler::describe_group;
-use crate::kinesis::{IteratorStart, Kinesis};
+use crate::coordination::butler::describe_group;
+use crate::retrieval::kinesis::{IteratorStart, Kinesis};
+use crate::retrieval::source::ShardSource;
 use crate::store::{self, GroupKey, SHARD_END};
 
 /// Options of `kinesis-butler leases`.
@@ -47,7 +48,7 @@ async fn lag_ms(kinesis: &Kinesis, stream: &str, lease: &pb::LeaseInfo) -> Optio
 pub async fn run(args: LeasesArgs) -> anyhow::Result<()> {
     let store = store::open(&args.store).await?;
     let key = GroupKey::new(&args.app, &args.stream);
-    let described = describe_group(store.as_ref(), &key).await?;
+    let described = describe_group(&store::Leases::new(store), &key).await?;
     let lags: Vec<Option<i64>> = if args.lag {
         let kinesis = Arc::new(Kinesis::from_env().await);
         futures::stream::iter(described.leases.iter())

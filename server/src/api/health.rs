@@ -12,10 +12,10 @@ use tracing::{error, info};
 use crate::store::LeaseStore;
 
 /// The fully qualified service name health is reported for (besides "").
-pub const SERVICE_NAME: &str = "kinesis_butler.v1.Butler";
+pub(crate) const SERVICE_NAME: &str = "kinesis_butler.v1.Butler";
 
 /// Pings the store every `interval` until `stop`, flipping health on each change.
-pub async fn watch_store(
+pub(crate) async fn watch_store(
     store: Arc<dyn LeaseStore>,
     reporter: HealthReporter,
     interval: Duration,

@@ -13,11 +13,11 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use crate::store::{Lease, SessionRecord};
+use crate::store::Lease;
 
 /// What one instance should do this round.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Free or expired leases to acquire: (shard id, expected epoch, local session).
     pub acquire: Vec<(String, u64, String)>,
     /// Live leases to ask a handoff for: (shard id, epoch, local session).
@@ -26,7 +26,7 @@ pub struct Plan {
 
 /// Whether a lease may be read now: not finished, and every parent it names that is
 /// still tracked has been read to its end.
-pub fn readable_shards(leases: &[Lease]) -> Vec<&Lease> {
+pub(crate) fn readable_shards(leases: &[Lease]) -> Vec<&Lease> {
     let finished: BTreeMap<&str, bool> = leases.iter().map(|l| (l.shard_id.as_str(), l.is_finished())).collect();
     leases
         .iter()
@@ -35,11 +35,11 @@ pub fn readable_shards(leases: &[Lease]) -> Vec<&Lease> {
         .collect()
 }
 
-/// Plans acquisitions and handoff requests for `local` sessions.
-pub fn plan(leases: &[Lease], sessions: &[SessionRecord], local: &[String], now_ms: i64) -> Plan {
+/// Plans acquisitions and handoff requests for `local` sessions, given the sessions
+/// judged alive (a lease is held while its owner is alive).
+pub(crate) fn plan(leases: &[Lease], live: &HashSet<&str>, local: &[String]) -> Plan {
     let mut plan = Plan::default();
-    let live: HashSet<&str> =
-        sessions.iter().map(|s| s.session_id.as_str()).chain(local.iter().map(String::as_str)).collect();
+    let live: HashSet<&str> = live.iter().copied().chain(local.iter().map(String::as_str)).collect();
     if live.is_empty() || local.is_empty() {
         return plan;
     }
@@ -54,7 +54,7 @@ pub fn plan(leases: &[Lease], sessions: &[SessionRecord], local: &[String], now_
     let mut held: BTreeMap<&str, Vec<&Lease>> = live.iter().map(|s| (*s, Vec::new())).collect();
     let mut free = Vec::new();
     for lease in &readable {
-        let owner = lease.owner.as_deref().filter(|_| lease.is_held(now_ms));
+        let owner = lease.owner.as_deref().filter(|o| live.contains(o));
         match owner {
             None => free.push(*lease),
             Some(owner) => {
@@ -62,8 +62,8 @@ pub fn plan(leases: &[Lease], sessions: &[SessionRecord], local: &[String], now_
                 if let Some(list) = held.get_mut(target) {
                     list.push(lease);
                 }
-                // Leases of sessions that are not live (a dead instance) are neither
-                // counted nor taken until they expire.
+                // Held by a live session other than those counted: cannot happen, as
+                // `held` has every live session.
             }
         }
     }
@@ -125,7 +125,6 @@ mod tests {
             shard_id: format!("shard-{id:04}"),
             owner: owner.map(str::to_owned),
             epoch: 1,
-            expires_at_ms: if owner.is_some() { 10_000 } else { 0 },
             checkpoint: Checkpoint::None,
             parent_shard_ids: vec![],
             closed: false,
@@ -133,15 +132,8 @@ mod tests {
         }
     }
 
-    fn sessions(ids: &[&str]) -> Vec<SessionRecord> {
-        ids.iter()
-            .map(|s| SessionRecord {
-                session_id: s.to_string(),
-                instance_id: "i".into(),
-                client_name: String::new(),
-                expires_at_ms: 10_000,
-            })
-            .collect()
+    fn sessions<'a>(ids: &[&'a str]) -> HashSet<&'a str> {
+        ids.iter().copied().collect()
     }
 
     /// Applies plans for every session (as if each were on its own instance) until stable.
@@ -150,11 +142,10 @@ mod tests {
         for round in 0..100 {
             let mut changed = false;
             for s in ids {
-                let p = plan(leases, &all, &[s.to_string()], 0);
+                let p = plan(leases, &all, &[s.to_string()]);
                 for (shard, _, to) in p.acquire.iter().chain(&p.handoff) {
                     let l = leases.iter_mut().find(|l| &l.shard_id == shard).unwrap();
                     l.owner = Some(to.clone());
-                    l.expires_at_ms = 10_000;
                     l.epoch += 1;
                     changed = true;
                 }
@@ -196,10 +187,10 @@ mod tests {
             l.handoff_to = Some("b0".into());
         }
         let all = sessions(&["a0", "a1", "b0", "b1"]);
-        let p = plan(&leases, &all, &["a0".into(), "a1".into()], 0);
+        let p = plan(&leases, &all, &["a0".into(), "a1".into()]);
         assert_eq!(p, Plan::default(), "no move between over-target sessions");
         // B's plan moves shards only to its own sessions, from both of A's.
-        let p = plan(&leases, &all, &["b0".into(), "b1".into()], 0);
+        let p = plan(&leases, &all, &["b0".into(), "b1".into()]);
         assert!(p.acquire.is_empty());
         assert!(p.handoff.iter().all(|(_, _, to)| to == "b0" || to == "b1"));
         assert_eq!(p.handoff.len() + 25, 124, "B's sessions end at 62 each, A's at 63");
@@ -219,7 +210,7 @@ mod tests {
             l.handoff_to = Some("b0".into());
         }
         let all = sessions(&["a0", "a1", "b0", "b1"]);
-        let p = plan(&leases, &all, &["b0".into(), "b1".into()], 0);
+        let p = plan(&leases, &all, &["b0".into(), "b1".into()]);
         assert!(p.handoff.iter().all(|(_, _, to)| to == "b1"), "{p:?}");
         let redirected = p
             .handoff
@@ -229,7 +220,7 @@ mod tests {
         assert_eq!(redirected, 84 - 63, "b0's excess is redirected");
         assert_eq!(p.handoff.len() + 84 - redirected, 125, "a0 and a1 give exactly half of all");
         // And A plans nothing for its two sessions.
-        assert_eq!(plan(&leases, &all, &["a0".into(), "a1".into()], 0), Plan::default());
+        assert_eq!(plan(&leases, &all, &["a0".into(), "a1".into()]), Plan::default());
     }
 
     #[test]
@@ -240,16 +231,18 @@ mod tests {
         for l in &mut leases {
             l.handoff_to = Some("b1".into());
         }
-        let p = plan(&leases, &sessions(&["a", "b0"]), &["a".into()], 100);
+        let p = plan(&leases, &sessions(&["a", "b0"]), &["a".into()]);
         assert_eq!(p.handoff.len(), 2, "{p:?}");
     }
 
     #[test]
-    fn expired_and_dead_owner_leases() {
+    fn dead_owner_leases_are_free() {
+        // A lease is held while its owner is alive: a dead session's leases are taken
+        // (up to the target), and a dead session is never asked for a handoff.
         let mut leases: Vec<Lease> = (0..4).map(|i| lease(i, Some("dead"))).collect();
-        leases[0].expires_at_ms = 5;
-        let p = plan(&leases, &sessions(&["a"]), &["a".into()], 100);
-        assert_eq!(p.acquire.len(), 1, "only the expired lease is taken");
+        leases.push(lease(4, Some("b")));
+        let p = plan(&leases, &sessions(&["a", "b"]), &["a".into()]);
+        assert_eq!(p.acquire.len(), 3, "a takes dead leases up to ceil(5/2): {p:?}");
         assert!(p.handoff.is_empty(), "a dead session is not asked for a handoff");
     }
 

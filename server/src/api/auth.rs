@@ -5,18 +5,18 @@ use tonic::{Request, Status};
 
 /// Checks `authorization: Bearer <token>` in constant time.
 #[derive(Clone)]
-pub struct TokenCheck {
+pub(crate) struct TokenCheck {
     token: Option<Vec<u8>>,
 }
 
 impl TokenCheck {
     /// A check for `token`; `None` lets every call through.
-    pub fn new(token: Option<String>) -> Self {
+    pub(crate) fn new(token: Option<String>) -> Self {
         Self { token: token.filter(|t| !t.is_empty()).map(String::into_bytes) }
     }
 
     /// The tonic interceptor.
-    pub fn check(&self, request: Request<()>) -> Result<Request<()>, Status> {
+    pub(crate) fn check(&self, request: Request<()>) -> Result<Request<()>, Status> {
         let Some(expected) = &self.token else {
             return Ok(request);
         };

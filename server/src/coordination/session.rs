@@ -1,13 +1,17 @@
 //! A session: one open `GetRecords` stream and what it asked for.
 
+use kinesis_butler_proto as pb;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::kinesis::IteratorStart;
-use crate::reader::Outbox;
+use crate::retrieval::kinesis::IteratorStart;
+
+/// Where a session's events go: bounded, so readers wait for a slow client.
+pub(crate) type Outbox = mpsc::Sender<Result<pb::GetRecordsResponse, tonic::Status>>;
 
 /// One client connection reading one or more streams for an app.
 #[derive(Debug)]
-pub struct Session {
+pub(crate) struct Session {
     /// Unique id, given to the client in `SessionStarted`.
     pub id: String,
     /// App (consumer group).

@@ -1,7 +1,7 @@
 //! The core of a server instance: sessions, groups and checkpoints. The gRPC layer
 //! translates requests into calls here.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
@@ -12,17 +12,18 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::coordination::group::{Group, GroupSettings};
+use crate::coordination::session::Session;
 use crate::error::ButlerError;
-use crate::group::{now_ms, Group, GroupSettings};
-use crate::kinesis::{IteratorStart, Kinesis};
 use crate::metrics as m;
+use crate::retrieval::kinesis::IteratorStart;
+use crate::retrieval::source::Source;
 use crate::seqnum::SequenceNumber;
-use crate::session::Session;
-use crate::store::{Checkpoint, GroupKey, LeaseStore, SessionRecord};
+use crate::store::{Checkpoint, GroupKey, LeaseStore, Leases, SessionRecord};
 
 /// Limits and defaults of an instance.
 #[derive(Clone, Debug)]
-pub struct ButlerSettings {
+pub(crate) struct ButlerSettings {
     /// Group worker timings.
     pub group: GroupSettings,
     /// Default records per batch.
@@ -32,10 +33,11 @@ pub struct ButlerSettings {
 }
 
 /// A server instance's core.
-pub struct Butler {
+pub(crate) struct Butler {
     instance_id: String,
     store: Arc<dyn LeaseStore>,
-    kinesis: Kinesis,
+    leases: Leases,
+    kinesis: Source,
     settings: ButlerSettings,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     groups: Mutex<HashMap<GroupKey, Arc<Group>>>,
@@ -43,40 +45,25 @@ pub struct Butler {
 }
 
 /// The event stream of a new session; it ends when the server closes the session.
-pub type SessionEvents = futures::stream::TakeUntil<
+pub(crate) type SessionEvents = futures::stream::TakeUntil<
     tokio_stream::wrappers::ReceiverStream<Result<pb::GetRecordsResponse, tonic::Status>>,
     tokio_util::sync::WaitForCancellationFutureOwned,
 >;
 
 fn require_name(what: &str, value: &str) -> Result<(), ButlerError> {
-    if value.trim().is_empty() {
-        return Err(ButlerError::InvalidArgument(format!("{what} must not be empty")));
-    }
-    if value.len() > 256 {
-        return Err(ButlerError::InvalidArgument(format!("{what} is longer than 256 characters")));
-    }
-    Ok(())
+    kinesis_butler_proto::names::validate_name(what, value).map_err(ButlerError::InvalidArgument)
 }
 
 fn require_streams(streams: &[String]) -> Result<(), ButlerError> {
-    if streams.is_empty() {
-        return Err(ButlerError::InvalidArgument("streams must name at least one stream".into()));
-    }
-    let mut seen = HashSet::new();
-    for s in streams {
-        require_name("stream name", s)?;
-        if !seen.insert(s) {
-            return Err(ButlerError::InvalidArgument(format!("stream {s:?} is named twice")));
-        }
-    }
-    Ok(())
+    kinesis_butler_proto::names::validate_streams(streams).map_err(ButlerError::InvalidArgument)
 }
 
 impl Butler {
     /// A new instance core with a random instance id.
-    pub fn new(store: Arc<dyn LeaseStore>, kinesis: Kinesis, settings: ButlerSettings) -> Arc<Self> {
+    pub(crate) fn new(store: Arc<dyn LeaseStore>, kinesis: Source, settings: ButlerSettings) -> Arc<Self> {
         Arc::new(Self {
             instance_id: uuid::Uuid::new_v4().to_string(),
+            leases: Leases::new(store.clone()),
             store,
             kinesis,
             settings,
@@ -87,17 +74,13 @@ impl Butler {
     }
 
     /// This instance's id.
-    pub fn instance_id(&self) -> &str {
+    pub(crate) fn instance_id(&self) -> &str {
         &self.instance_id
     }
 
-    /// The lease store.
-    pub fn store(&self) -> &Arc<dyn LeaseStore> {
-        &self.store
-    }
 
     /// Lists each stream's shards and creates or updates their leases.
-    pub async fn initialize(&self, app: &str, streams: &[String]) -> Result<Vec<pb::StreamStatus>, ButlerError> {
+    pub(crate) async fn initialize(&self, app: &str, streams: &[String]) -> Result<Vec<pb::StreamStatus>, ButlerError> {
         require_name("app", app)?;
         require_streams(streams)?;
         let mut out = Vec::with_capacity(streams.len());
@@ -106,7 +89,7 @@ impl Butler {
                 ButlerError::NotFound(_) => ButlerError::NotFound(format!("stream {stream:?} does not exist")),
                 other => other,
             })?;
-            self.store.sync_shards(&GroupKey::new(app, stream), &shards).await?;
+            self.leases.sync_shards(&GroupKey::new(app, stream), &shards).await?;
             let closed = shards.iter().filter(|s| s.closed).count() as u32;
             out.push(pb::StreamStatus {
                 stream: stream.clone(),
@@ -119,7 +102,7 @@ impl Butler {
 
     /// Opens a session: validates the request, initializes its streams, registers it
     /// with each stream's group and returns its event stream.
-    pub async fn open_session(self: &Arc<Self>, req: pb::GetRecordsRequest) -> Result<SessionEvents, ButlerError> {
+    pub(crate) async fn open_session(self: &Arc<Self>, req: pb::GetRecordsRequest) -> Result<SessionEvents, ButlerError> {
         require_name("app", &req.app)?;
         require_streams(&req.streams)?;
         if req.max_records_per_batch > 10_000 {
@@ -137,7 +120,16 @@ impl Butler {
                 Err(_) => return Err(ButlerError::InvalidArgument(format!("unknown start position kind {}", p.kind))),
             },
         };
-        self.initialize(&req.app, &req.streams).await?;
+        // Only streams this instance has no group for yet are listed now (which also
+        // tells a missing stream at once); a known group's periodic shard sync finds new
+        // shards, so a session joining a busy stream makes no Kinesis call.
+        let unknown: Vec<String> = {
+            let groups = self.groups.lock().expect("groups");
+            req.streams.iter().filter(|s| !groups.contains_key(&GroupKey::new(&req.app, s.as_str()))).cloned().collect()
+        };
+        if !unknown.is_empty() {
+            self.initialize(&req.app, &unknown).await?;
+        }
 
         let (tx, rx) = mpsc::channel(self.settings.session_buffer.max(2));
         let session = Arc::new(Session {
@@ -164,14 +156,19 @@ impl Butler {
             session_id: session.id.clone(),
             instance_id: self.instance_id.clone(),
             client_name: session.client_name.clone(),
-            expires_at_ms: now_ms() + self.settings.group.lease_ttl.as_millis() as i64,
+            heartbeat: 0,
         };
         for stream in &session.streams {
-            self.store.put_session(&GroupKey::new(&session.app, stream), &record).await?;
+            let key = GroupKey::new(&session.app, stream);
+            self.leases.put_session(&key, &record).await?;
+            // Other instances balance towards the newcomer at once where the store pushes.
+            if let Err(e) = self.store.notify(&key).await {
+                tracing::warn!(app = %session.app, stream = %stream, error = %e, "could not announce the session");
+            }
         }
         self.sessions.lock().expect("sessions").insert(session.id.clone(), session.clone());
         for stream in &session.streams {
-            self.group(GroupKey::new(&session.app, stream)).add_session(session.clone()).await;
+            self.group(GroupKey::new(&session.app, stream)).add_session(session.clone());
         }
         info!(app = %session.app, streams = ?session.streams, session = %session.id,
             client = %session.client_name, "session opened");
@@ -194,8 +191,13 @@ impl Butler {
         if let Some(g) = groups.get(&key) {
             return g.clone();
         }
-        let group =
-            Arc::new(Group::new(key.clone(), self.store.clone(), self.kinesis.clone(), self.settings.group.clone()));
+        let group = Arc::new(Group::new(
+            key.clone(),
+            self.leases.clone(),
+            self.kinesis.clone(),
+            self.instance_id.clone(),
+            self.settings.group.clone(),
+        ));
         groups.insert(key.clone(), group.clone());
         let (this, worker) = (self.clone(), group.clone());
         tokio::spawn(async move {
@@ -209,7 +211,7 @@ impl Butler {
     }
 
     /// Ends a session: stops its readers and frees its leases at once.
-    pub async fn close_session(&self, session_id: &str) {
+    pub(crate) async fn close_session(&self, session_id: &str) {
         let Some(session) = self.sessions.lock().expect("sessions").remove(session_id) else {
             return;
         };
@@ -226,7 +228,7 @@ impl Butler {
 
     /// Stores a checkpoint for a shard the session holds, and releases the shard when
     /// asked to or at its end.
-    pub async fn checkpoint(&self, req: pb::CheckpointRequest) -> Result<(), ButlerError> {
+    pub(crate) async fn checkpoint(&self, req: pb::CheckpointRequest) -> Result<(), ButlerError> {
         require_name("session_id", &req.session_id)?;
         require_name("stream", &req.stream)?;
         require_name("shard_id", &req.shard_id)?;
@@ -256,7 +258,7 @@ impl Butler {
         let key = GroupKey::new(&session.app, &req.stream);
         if let Some(cp) = &checkpoint {
             let started = std::time::Instant::now();
-            let stored = self.store.checkpoint(&key, &req.shard_id, &session.id, req.lease_epoch, cp).await;
+            let stored = self.leases.checkpoint(&key, &req.shard_id, &session.id, req.lease_epoch, cp).await;
             metrics::histogram!(m::CHECKPOINT_SECONDS).record(started.elapsed().as_secs_f64());
             if let Err(e) = stored {
                 let e = ButlerError::from(e);
@@ -280,19 +282,32 @@ impl Butler {
     }
 
     /// Every lease and live session of one app and stream.
-    pub async fn describe(&self, app: &str, stream: &str) -> Result<pb::DescribeLeasesResponse, ButlerError> {
+    pub(crate) async fn describe(&self, app: &str, stream: &str) -> Result<pb::DescribeLeasesResponse, ButlerError> {
         require_name("app", app)?;
         require_name("stream", stream)?;
-        describe_group(self.store.as_ref(), &GroupKey::new(app, stream)).await
+        let key = GroupKey::new(app, stream);
+        let mut described = describe_group(&self.leases, &key).await?;
+        // Where this instance has the group, it knows who is alive: dead sessions and
+        // their owners are left out, as a reader of the table would expect.
+        let group = self.groups.lock().expect("groups").get(&key).cloned();
+        if let Some(alive) = group.map(|g| g.alive_sessions()) {
+            described.sessions.retain(|s| alive.contains(&s.session_id));
+            for lease in &mut described.leases {
+                if !alive.contains(&lease.owner) {
+                    lease.owner.clear();
+                }
+            }
+        }
+        Ok(described)
     }
 
     /// Graceful shutdown: revokes every shard with `SHUTDOWN`, waits up to `grace` for
     /// the clients' final checkpoints and releases, then closes every session (freeing
     /// what is left, so other instances take it at once) and stops the group workers.
-    pub async fn drain(&self, grace: std::time::Duration) {
+    pub(crate) async fn drain(&self, grace: std::time::Duration) {
         let groups: Vec<Arc<Group>> = self.groups.lock().expect("groups").values().cloned().collect();
         for group in &groups {
-            group.revoke_all().await;
+            group.revoke_all();
         }
         let released = futures::future::join_all(groups.iter().map(|g| g.wait_released()));
         if tokio::time::timeout(grace, released).await.is_err() {
@@ -305,33 +320,31 @@ impl Butler {
         self.shutdown.cancel();
     }
 
-    /// A token cancelled once the instance has shut down.
-    pub fn stopped(&self) -> CancellationToken {
-        self.shutdown.clone()
-    }
 }
 
-/// Every lease and live session of a group, as `DescribeLeases` reports them.
-pub async fn describe_group(store: &dyn LeaseStore, key: &GroupKey) -> Result<pb::DescribeLeasesResponse, ButlerError> {
-    let now = now_ms();
-    let leases = store.list_leases(key).await?;
-    let sessions = store.list_sessions(key, now).await?;
-    let held = |id: &str| leases.iter().filter(|l| l.is_held(now) && l.owner.as_deref() == Some(id)).count() as u32;
+/// Every lease and session record of a group, as `DescribeLeases` reports them. (One
+/// read cannot tell a dead session from a live one: liveness is judged by change over
+/// time, so a crashed instance's sessions are listed until their records are tidied.)
+pub(crate) async fn describe_group(leases: &Leases, key: &GroupKey) -> Result<pb::DescribeLeasesResponse, ButlerError> {
+    let all = leases.list(key).await?;
+    let sessions = leases.sessions(key).await?;
+    let held = |id: &str| all.iter().filter(|l| l.value.owner.as_deref() == Some(id)).count() as u32;
     Ok(pb::DescribeLeasesResponse {
         sessions: sessions
             .iter()
             .map(|s| pb::SessionInfo {
-                session_id: s.session_id.clone(),
-                instance_id: s.instance_id.clone(),
-                client_name: s.client_name.clone(),
-                shard_count: held(&s.session_id),
+                session_id: s.value.session_id.clone(),
+                instance_id: s.value.instance_id.clone(),
+                client_name: s.value.client_name.clone(),
+                shard_count: held(&s.value.session_id),
             })
             .collect(),
-        leases: leases
+        leases: all
             .into_iter()
+            .map(|l| l.value)
             .map(|l| pb::LeaseInfo {
-                owner: l.owner.clone().filter(|_| l.is_held(now)).unwrap_or_default(),
-                expires_at_ms: if l.owner.is_some() { l.expires_at_ms } else { 0 },
+                owner: l.owner.clone().unwrap_or_default(),
+                expires_at_ms: 0,
                 checkpoint: l.checkpoint.as_text().to_owned(),
                 sub_sequence_number: l.checkpoint.sub_sequence(),
                 shard_id: l.shard_id,

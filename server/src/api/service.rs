@@ -7,21 +7,21 @@ use futures::Stream;
 use kinesis_butler_proto as pb;
 use tonic::{Request, Response, Status};
 
-use crate::butler::Butler;
+use crate::coordination::butler::Butler;
 
 /// `kinesis_butler.v1.Butler` over a [`Butler`] core.
-pub struct ButlerService {
+pub(crate) struct ButlerService {
     core: Arc<Butler>,
 }
 
 impl ButlerService {
     /// Serves `core`.
-    pub fn new(core: Arc<Butler>) -> Self {
+    pub(crate) fn new(core: Arc<Butler>) -> Self {
         Self { core }
     }
 
     /// The tonic server for this service.
-    pub fn into_server(self) -> pb::butler_server::ButlerServer<Self> {
+    pub(crate) fn into_server(self) -> pb::butler_server::ButlerServer<Self> {
         pb::butler_server::ButlerServer::new(self)
     }
 }

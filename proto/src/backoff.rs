@@ -1,34 +1,56 @@
-//! Exponential backoff with jitter, for handler retries, checkpoint retries and
-//! reconnects.
+//! Exponential backoff with jitter, shared by the server (Kinesis retries) and the client
+//! (handler retries, checkpoint retries, reconnects).
 
 use std::time::Duration;
 
 use rand::Rng;
 
-use crate::options::BackoffSettings;
+/// An exponential backoff: delays double from `initial` up to `max`, with jitter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackoffSettings {
+    /// The first delay.
+    pub initial: Duration,
+    /// The largest delay.
+    pub max: Duration,
+}
+
+impl BackoffSettings {
+    /// 100 ms doubling up to 10 s: the server's retries of Kinesis calls.
+    pub const KINESIS: BackoffSettings =
+        BackoffSettings { initial: Duration::from_millis(100), max: Duration::from_secs(10) };
+}
 
 /// Delays that double from `initial` up to `max`; each delay is drawn uniformly from
 /// the upper half of its ceiling, so that many clients retrying together spread out.
+///
+/// A `max` below `initial` is read as "never more than `initial`"; zero settings give
+/// zero delays. [`Backoff::default`] uses [`BackoffSettings::KINESIS`].
 #[derive(Clone, Debug)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     settings: BackoffSettings,
     attempt: u32,
 }
 
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new(BackoffSettings::KINESIS)
+    }
+}
+
 impl Backoff {
     /// A backoff at its first attempt.
-    pub(crate) fn new(settings: BackoffSettings) -> Self {
+    pub fn new(settings: BackoffSettings) -> Self {
         Self { settings, attempt: 0 }
     }
 
     /// The largest delay the next call to [`Backoff::next_delay`] may return.
-    pub(crate) fn ceiling(&self) -> Duration {
+    pub fn ceiling(&self) -> Duration {
         let max = self.settings.max.max(self.settings.initial);
         self.settings.initial.saturating_mul(1u32 << self.attempt.min(20)).min(max)
     }
 
     /// The delay before the next attempt.
-    pub(crate) fn next_delay(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let cap = self.ceiling();
         self.attempt = self.attempt.saturating_add(1);
         if cap.is_zero() {
@@ -38,7 +60,7 @@ impl Backoff {
     }
 
     /// Back to the first attempt (after a success).
-    pub(crate) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.attempt = 0;
     }
 }
@@ -81,5 +103,18 @@ mod tests {
         assert_eq!(Backoff::new(settings(0, 0)).next_delay(), Duration::ZERO);
         // A max below the initial delay is read as "never more than initial".
         assert_eq!(Backoff::new(settings(500, 10)).ceiling(), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn the_default_is_the_servers_kinesis_backoff() {
+        let mut b = Backoff::default();
+        let ceilings: Vec<u64> = (0..9)
+            .map(|_| {
+                let cap = b.ceiling();
+                b.next_delay();
+                cap.as_millis() as u64
+            })
+            .collect();
+        assert_eq!(ceilings, vec![100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
     }
 }

@@ -3,7 +3,7 @@
 //! Each app has one registered stream consumer per stream, named
 //! `kinesis-butler-<app>` (registered on first use, found again if it exists, never
 //! deregistered by the server). A shard reader subscribes from where it stands (the
-//! same resume rule as polling, see [`crate::reader`]) and delivers every event's
+//! same resume rule as polling, see [`crate::retrieval::reader`]) and delivers every event's
 //! records. It subscribes again, from the last user record delivered:
 //! - before Kinesis ends the subscription (after 5 minutes), once the configured
 //!   lifetime is over;
@@ -25,20 +25,19 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::kinesis::{IteratorStart, Kinesis, KinesisError};
-use crate::kpl::{self, Deaggregated};
-use crate::metrics as m;
-use crate::reader::{retry_delay, Backoff, Delivery, ReaderSpec};
+use crate::retrieval::delivery::{Delivery, ReaderSpec};
+use crate::retrieval::kinesis::{IteratorStart, KinesisError};
+use crate::retrieval::kpl::{self, Deaggregated};
+use crate::retrieval::retry::{back_off, Backoff};
+use crate::retrieval::source::ShardSource;
 use crate::seqnum::SequenceNumber;
 
 /// Prefix of the registered consumer names; the app name follows.
-pub const CONSUMER_PREFIX: &str = "kinesis-butler-";
-/// Kinesis ends a subscription after 5 minutes; a new one is made before that.
-pub const DEFAULT_SUBSCRIPTION_LIFETIME: Duration = Duration::from_secs(290);
+pub(crate) const CONSUMER_PREFIX: &str = "kinesis-butler-";
 /// How often an idle subscription checks by GetRecords whether its closed shard ended.
-pub const END_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const END_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 /// Counter of SubscribeToShard subscriptions made (labels app, stream).
-pub const SUBSCRIPTIONS: &str = "kinesis_butler_fanout_subscriptions_total";
+pub(crate) const SUBSCRIPTIONS: &str = "kinesis_butler_fanout_subscriptions_total";
 /// Kinesis sends an event at least every few seconds; a silent subscription is stale.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long registration waits for a consumer to become ACTIVE.
@@ -48,7 +47,7 @@ type ConsumerKey = (String, String);
 
 /// Enhanced fan-out for one server instance: settings and the registered consumers.
 #[derive(Clone, Debug)]
-pub struct FanOut {
+pub(crate) struct FanOut {
     subscription_lifetime: Duration,
     consumers: Arc<Mutex<HashMap<ConsumerKey, Arc<OnceCell<String>>>>>,
 }
@@ -56,13 +55,13 @@ pub struct FanOut {
 impl FanOut {
     /// Fan-out whose subscriptions are renewed after `subscription_lifetime` (at most
     /// the 5 minutes Kinesis allows; tests use seconds).
-    pub fn new(subscription_lifetime: Duration) -> Self {
+    pub(crate) fn new(subscription_lifetime: Duration) -> Self {
         Self { subscription_lifetime, consumers: Arc::default() }
     }
 
     /// The consumer name of an app: `kinesis-butler-<app>`, with characters Kinesis
     /// does not allow in names replaced by `_`, at most 128 characters.
-    pub fn consumer_name(app: &str) -> String {
+    pub(crate) fn consumer_name(app: &str) -> String {
         let mut name: String = CONSUMER_PREFIX.to_owned();
         name.extend(app.chars().map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '_' }));
         name.truncate(128);
@@ -70,7 +69,7 @@ impl FanOut {
     }
 
     /// The ARN of the app's consumer on the stream, registering it on first use.
-    async fn consumer_arn(&self, kinesis: &Kinesis, app: &str, stream: &str) -> Result<String, KinesisError> {
+    async fn consumer_arn(&self, kinesis: &dyn ShardSource, app: &str, stream: &str) -> Result<String, KinesisError> {
         let cell =
             self.consumers.lock().expect("consumers").entry((app.to_owned(), stream.to_owned())).or_default().clone();
         let name = Self::consumer_name(app);
@@ -79,7 +78,7 @@ impl FanOut {
 
     /// Reads the shard through subscriptions. Returns true at the end of a closed shard,
     /// false when stopped.
-    pub(crate) async fn read(&self, kinesis: &Kinesis, spec: &ReaderSpec, delivery: &mut Delivery) -> bool {
+    pub(crate) async fn read(&self, kinesis: &dyn ShardSource, spec: &ReaderSpec, delivery: &mut Delivery) -> bool {
         let (stream, shard) = (spec.stream.as_str(), spec.shard_id.as_str());
         let mut backoff = Backoff::default();
         let mut last_end_check: Option<Instant> = None;
@@ -98,8 +97,7 @@ impl FanOut {
                     match delivery.open_iterator(kinesis).await {
                         Ok(None) => return true,
                         _ => {
-                            let delay = retry_delay(&mut backoff, &KinesisError::NotFound(text), stream, shard);
-                            if !delivery.sleep_until(Instant::now() + delay).await {
+                            if !back_off(delivery, &mut backoff, &KinesisError::NotFound(text)).await {
                                 return false;
                             }
                             continue;
@@ -107,9 +105,7 @@ impl FanOut {
                     }
                 }
                 Err(e) => {
-                    metrics::counter!(m::KINESIS_ERRORS, "kind" => e.kind()).increment(1);
-                    let delay = retry_delay(&mut backoff, &e, stream, shard);
-                    if !delivery.sleep_until(Instant::now() + delay).await {
+                    if !back_off(delivery, &mut backoff, &e).await {
                         return false;
                     }
                     continue;
@@ -136,9 +132,7 @@ impl FanOut {
                         break;
                     }
                     Err(e) => {
-                        metrics::counter!(m::KINESIS_ERRORS, "kind" => e.kind()).increment(1);
-                        let delay = retry_delay(&mut backoff, &e, stream, shard);
-                        if !delivery.sleep_until(Instant::now() + delay).await {
+                        if !back_off(delivery, &mut backoff, &e).await {
                             return false;
                         }
                         break;
@@ -174,7 +168,7 @@ impl FanOut {
 /// Whether the shard is closed and nothing follows the delivery's position: asks for a
 /// page at the position; none of its records new and no next iterator means the end.
 async fn ended_by_polling(
-    kinesis: &Kinesis,
+    kinesis: &dyn ShardSource,
     stream: &str,
     shard: &str,
     delivery: &Delivery,

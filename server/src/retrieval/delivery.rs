@@ -1,9 +1,10 @@
-//! One task per leased shard: reads Kinesis and pushes record batches into the owning
-//! session's bounded outbox, so a slow client slows its own reads.
+//! What a shard reader has delivered, and the means to deliver more: shared by polling
+//! and fan-out, it de-aggregates KPL records, drops what was already processed, cuts
+//! batches and remembers the last user record delivered.
 //!
 //! Records are read by polling GetRecords (the default) or through an enhanced fan-out
-//! subscription ([`crate::fanout`]); both hand their records to a `Delivery`, which
-//! de-aggregates KPL records ([`crate::kpl`]), drops what was already processed, cuts
+//! subscription ([`crate::retrieval::fanout`]); both hand their records to a `Delivery`, which
+//! de-aggregates KPL records ([`crate::retrieval::kpl`]), drops what was already processed, cuts
 //! batches and remembers the last user record delivered.
 //!
 //! # Resuming
@@ -16,38 +17,32 @@
 //! delivered raw) record at `sequence` is not delivered again. Records after
 //! `sequence` pass untouched. The same rule restarts an expired iterator or a
 //! subscription from the last user record delivered, so nothing is skipped or repeated.
-
 use std::cmp::Ordering;
 use std::time::Duration;
 
 use kinesis_butler_proto as pb;
 use pb::get_records_response::Event;
-use rand::Rng;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::warn;
 
-use crate::kinesis::{IteratorStart, Kinesis, KinesisError};
-use crate::kpl::{self, Deaggregated};
+use crate::coordination::session::Outbox;
 use crate::metrics as m;
+use crate::retrieval::kinesis::{IteratorStart, KinesisError};
+use crate::retrieval::kpl::{self, Deaggregated};
+use crate::retrieval::source::ShardSource;
 use crate::seqnum::SequenceNumber;
 
 /// Kinesis allows 5 GetRecords calls per second per shard.
 pub(crate) const MIN_CALL_SPACING: Duration = Duration::from_millis(200);
-const BACKOFF_BASE: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How far before the moment a `LATEST` iterator was taken a refreshed one starts, so
 /// that clock differences cannot lose records put right after the session began.
 const LATEST_MARGIN_MS: i64 = 1000;
 
-/// Where a session's events go.
-pub type Outbox = mpsc::Sender<Result<pb::GetRecordsResponse, tonic::Status>>;
-
 /// A user record in a shard: a Kinesis sequence number and a sub-sequence number (the
 /// index inside a KPL aggregate, 0 for a plain record).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Position {
+pub(crate) struct Position {
     /// Sequence number of the Kinesis record.
     pub sequence: SequenceNumber,
     /// Index of the user record inside it.
@@ -56,7 +51,7 @@ pub struct Position {
 
 /// Where a reader begins.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StartAt {
+pub(crate) enum StartAt {
     /// No checkpoint: a fresh iterator position.
     Fresh(IteratorStart),
     /// Right after this checkpoint (see the module docs for the rule).
@@ -64,7 +59,7 @@ pub enum StartAt {
 }
 
 /// Everything a shard reader needs.
-pub struct ReaderSpec {
+pub(crate) struct ReaderSpec {
     /// App the shard is read for (a metrics label).
     pub app: String,
     /// Stream name.
@@ -84,124 +79,8 @@ pub struct ReaderSpec {
     /// The `ShardAssigned` event sent before any batch.
     pub assigned: pb::ShardAssigned,
     /// Read through enhanced fan-out subscriptions instead of polling.
-    pub fanout: Option<crate::fanout::FanOut>,
+    pub fanout: Option<crate::retrieval::fanout::FanOut>,
 }
-
-/// Exponential backoff with full jitter.
-#[derive(Default)]
-pub(crate) struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    /// The next delay: between half and all of base·2^attempt, capped.
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let cap = BACKOFF_BASE.saturating_mul(1 << self.attempt.min(10)).min(BACKOFF_MAX);
-        self.attempt += 1;
-        rand::rng().random_range(cap / 2..=cap)
-    }
-
-    /// Back to the shortest delay after a success.
-    pub(crate) fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
-/// Reads the shard until it ends, the token is cancelled or the outbox closes.
-pub async fn run(kinesis: Kinesis, spec: ReaderSpec, out: Outbox, cancel: CancellationToken) {
-    let mut delivery = Delivery::new(&spec, out, cancel);
-    if !delivery.send(Event::ShardAssigned(spec.assigned.clone())).await {
-        return;
-    }
-    let (stream, shard) = (spec.stream.as_str(), spec.shard_id.as_str());
-    info!(stream, shard, epoch = spec.epoch, start = ?spec.start, fanout = spec.fanout.is_some(), "shard reader started");
-    let ended = match &spec.fanout {
-        Some(fanout) => fanout.read(&kinesis, &spec, &mut delivery).await,
-        None => poll(&kinesis, &spec, &mut delivery).await,
-    };
-    if ended {
-        info!(stream, shard, "reached the end of the closed shard");
-        delivery.send_ended().await;
-    }
-}
-
-/// Polls GetRecords. Returns true at the end of a closed shard, false when stopped.
-async fn poll(kinesis: &Kinesis, spec: &ReaderSpec, delivery: &mut Delivery) -> bool {
-    let (stream, shard) = (spec.stream.as_str(), spec.shard_id.as_str());
-    let mut backoff = Backoff::default();
-    let mut iterator: Option<String> = None;
-    let mut next_call = Instant::now();
-    let labels = [("app", spec.app.clone()), ("stream", spec.stream.clone())];
-
-    loop {
-        if !delivery.sleep_until(next_call).await {
-            return false;
-        }
-        let iter = match &iterator {
-            Some(it) => it.clone(),
-            None => match delivery.open_iterator(kinesis).await {
-                Ok(Some(it)) => it,
-                Ok(None) => return true,
-                Err(e) => {
-                    next_call = Instant::now() + retry_delay(&mut backoff, &e, stream, shard);
-                    continue;
-                }
-            },
-        };
-        if !delivery.wait_for_room().await {
-            return false;
-        }
-        let call_started = Instant::now();
-        metrics::counter!(m::GET_RECORDS_CALLS, &labels).increment(1);
-        let result = kinesis.get_records(&iter, spec.batch_size).await;
-        if let Err(e) = &result {
-            metrics::counter!(m::KINESIS_ERRORS, "kind" => e.kind()).increment(1);
-        }
-        let page = match result {
-            Ok(page) => page,
-            Err(KinesisError::ExpiredIterator) => {
-                debug!(stream, shard, "shard iterator expired, getting a fresh one");
-                iterator = None;
-                next_call = call_started + MIN_CALL_SPACING;
-                continue;
-            }
-            Err(e) => {
-                next_call = Instant::now() + retry_delay(&mut backoff, &e, stream, shard);
-                continue;
-            }
-        };
-        backoff.reset();
-        let full = page.records.len() as u32 >= spec.batch_size;
-        if !delivery.deliver(page.records, page.millis_behind_latest).await {
-            return false;
-        }
-        match page.next_iterator {
-            Some(next) => iterator = Some(next),
-            None => return true,
-        }
-        // Poll again at once while behind; rest when caught up.
-        let behind = full || page.millis_behind_latest > 0;
-        next_call = if behind {
-            call_started + MIN_CALL_SPACING
-        } else {
-            Instant::now() + spec.idle_interval.max(MIN_CALL_SPACING)
-        };
-    }
-}
-
-/// Logs a failed Kinesis call and returns how long to wait before the next try.
-pub(crate) fn retry_delay(backoff: &mut Backoff, err: &KinesisError, stream: &str, shard: &str) -> Duration {
-    let delay = backoff.next_delay();
-    if err.is_retryable() {
-        debug!(stream, shard, error = %err, ?delay, "Kinesis call failed, retrying");
-    } else {
-        // Not found or rejected: keep trying slowly; the lease stays ours and the
-        // balancer's shard sync decides whether the shard still exists.
-        warn!(stream, shard, error = %err, ?delay, "Kinesis call rejected, retrying");
-    }
-    delay
-}
-
 /// What a shard reader has delivered, and the means to deliver more.
 pub(crate) struct Delivery {
     stream: String,
@@ -221,7 +100,7 @@ pub(crate) struct Delivery {
 }
 
 impl Delivery {
-    fn new(spec: &ReaderSpec, out: Outbox, cancel: CancellationToken) -> Self {
+    pub(crate) fn new(spec: &ReaderSpec, out: Outbox, cancel: CancellationToken) -> Self {
         let (fresh, position) = match &spec.start {
             StartAt::Fresh(start) => (start.clone(), None),
             StartAt::After(p) => (IteratorStart::TrimHorizon, Some(p.clone())),
@@ -244,6 +123,14 @@ impl Delivery {
     }
 
     /// The cancellation token of the reader.
+    pub(crate) fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    pub(crate) fn shard_id(&self) -> &str {
+        &self.shard_id
+    }
+
     pub(crate) fn cancel(&self) -> &CancellationToken {
         &self.cancel
     }
@@ -266,7 +153,7 @@ impl Delivery {
                 if start == IteratorStart::Latest {
                     // A later restart must not jump to a newer tip and lose what was
                     // put in between.
-                    self.fresh = IteratorStart::AtTimestamp(crate::group::now_ms() - LATEST_MARGIN_MS);
+                    self.fresh = IteratorStart::AtTimestamp(crate::clock::now_ms() - LATEST_MARGIN_MS);
                 }
                 start
             }
@@ -281,7 +168,7 @@ impl Delivery {
     /// A fresh shard iterator at [`Self::next_start`]; `Ok(None)` when Kinesis no longer
     /// knows the shard while still listing the stream: a closed shard trimmed past the
     /// retention period, which has nothing left to read (its children must not wait).
-    pub(crate) async fn open_iterator(&mut self, kinesis: &Kinesis) -> Result<Option<String>, KinesisError> {
+    pub(crate) async fn open_iterator(&mut self, kinesis: &dyn ShardSource) -> Result<Option<String>, KinesisError> {
         let start = self.next_start();
         match kinesis.shard_iterator(&self.stream, &self.shard_id, &start).await {
             Ok(it) => Ok(Some(it)),
@@ -374,7 +261,7 @@ impl Delivery {
     }
 
     /// Sends an event, waiting for room (backpressure) unless cancelled.
-    async fn send(&self, event: Event) -> bool {
+    pub(crate) async fn send(&self, event: Event) -> bool {
         let msg = Ok(pb::GetRecordsResponse { event: Some(event) });
         tokio::select! {
             biased;
@@ -432,12 +319,12 @@ fn expand(r: aws_sdk_kinesis::types::Record, stream: &str, shard: &str, users: &
         approximate_arrival_timestamp_ms: arrival,
     });
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use aws_sdk_kinesis::primitives::Blob;
     use aws_sdk_kinesis::types::Record;
+    use tokio::sync::mpsc;
 
     fn record(seq: &str, data: &[u8]) -> Record {
         Record::builder().sequence_number(seq).partition_key("outer").data(Blob::new(data)).build().unwrap()

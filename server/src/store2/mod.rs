@@ -1,13 +1,18 @@
-//! Lease storage: the `LeaseStore` trait and its backends.
+//! Lease storage, issue 15: versioned records, every lease rule once in Rust.
 //!
-//! Every backend keeps, per app and stream, one lease per shard and one record per live
-//! session. All changes of owner go through a compare-and-set on the lease epoch, which
-//! makes the epoch a fencing token: a session may checkpoint only at the epoch it holds.
+//! A backend ([`LeaseStore`]) keeps, per app and stream ([`GroupKey`]), one [`Lease`] per
+//! shard and one [`SessionRecord`] per session, each at a version that every write bumps.
+//! It offers only reads and versioned compare-and-set writes; the lease rules are the pure
+//! functions of [`rules`], applied by the one driver [`Leases`] (read → rule → CAS, retried
+//! on a conflict). Liveness is judged per session by observed change of its heartbeat on the
+//! observer's own monotonic clock ([`Liveness`]); no wall clock is stored or compared.
+//!
+//! Backends: [`memory`] (the in-memory reference); [`open`] picks one by URL.
 
-pub mod postgres;
-pub mod redis;
-mod rules;
-pub mod sqlite;
+pub mod leases;
+pub mod liveness;
+pub mod memory;
+pub mod rules;
 
 use std::sync::Arc;
 
@@ -15,14 +20,12 @@ use async_trait::async_trait;
 
 use crate::seqnum::SequenceNumber;
 
+pub use leases::Leases;
+pub use liveness::Liveness;
+pub use memory::MemoryStore;
+
 /// The text stored for a shard that was processed to its end.
 pub const SHARD_END: &str = "SHARD_END";
-
-/// How long a session record is kept after it expired before `list_sessions` deletes it.
-/// Records of cleanly closed sessions are deleted at once; this only cleans up after
-/// crashed instances. It is long so that a session whose instance merely lost the store
-/// for a while is still renewed (renewals never re-create a deleted record).
-pub const SESSION_RECORD_RETENTION_MS: i64 = 60 * 60 * 1000;
 
 /// One app reading one stream: the scope of leases, sessions and balancing.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -112,7 +115,17 @@ impl Checkpoint {
     }
 }
 
-/// The right of one session to read one shard for one app.
+/// A record with the version the store holds it at (bumped by every write; 1 when created).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned<T> {
+    /// Store version of the record.
+    pub version: u64,
+    /// The record.
+    pub value: T,
+}
+
+/// The right of one session to read one shard for one app. It is held while its owner is
+/// alive (see [`Liveness`]); there is no expiry time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
     /// Shard id.
@@ -121,8 +134,6 @@ pub struct Lease {
     pub owner: Option<String>,
     /// Fencing token, bumped on every change of owner.
     pub epoch: u64,
-    /// Wall-clock expiry in ms since the Unix epoch; meaningful only with an owner.
-    pub expires_at_ms: i64,
     /// Stored progress.
     pub checkpoint: Checkpoint,
     /// Parent shards (split or merge).
@@ -134,9 +145,17 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Whether a session holds the lease at `now_ms`.
-    pub fn is_held(&self, now_ms: i64) -> bool {
-        self.owner.is_some() && self.expires_at_ms > now_ms
+    /// The lease of a newly listed shard: free, epoch 0, no checkpoint.
+    pub fn new(shard: &ShardInfo) -> Lease {
+        Lease {
+            shard_id: shard.shard_id.clone(),
+            owner: None,
+            epoch: 0,
+            checkpoint: Checkpoint::None,
+            parent_shard_ids: shard.parent_shard_ids.clone(),
+            closed: shard.closed,
+            handoff_to: None,
+        }
     }
 
     /// Whether the shard was processed to its end.
@@ -145,18 +164,7 @@ impl Lease {
     }
 }
 
-/// A lease a server instance believes one of its sessions holds, for renewal.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HeldLease {
-    /// Shard id.
-    pub shard_id: String,
-    /// Owning session.
-    pub owner: String,
-    /// Epoch the session holds.
-    pub epoch: u64,
-}
-
-/// A live session as the store knows it.
+/// A session as the store knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionRecord {
     /// Session id.
@@ -165,8 +173,18 @@ pub struct SessionRecord {
     pub instance_id: String,
     /// The client's self-given name.
     pub client_name: String,
-    /// Wall-clock expiry in ms since the Unix epoch.
-    pub expires_at_ms: i64,
+    /// Bumped by the session's instance every round; observers judge liveness by its change.
+    pub heartbeat: u64,
+}
+
+/// One conditional write of a lease: stored only if the lease's current version is
+/// `expected` (`None` = the lease must not exist yet).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseWrite {
+    /// The lease as it should be stored.
+    pub lease: Lease,
+    /// The version the caller read it at, or `None` to create it.
+    pub expected: Option<u64>,
 }
 
 /// Store failures.
@@ -206,7 +224,7 @@ pub enum StoreError {
         /// Requested checkpoint text.
         requested: String,
     },
-    /// The store could not be reached; the operation may be retried.
+    /// The store could not be reached, or a write kept conflicting; it may be retried.
     #[error("lease store unavailable: {0}")]
     Unavailable(String),
     /// Any other backend failure.
@@ -217,74 +235,60 @@ pub enum StoreError {
 /// Result of store operations.
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Durable, shared lease state. Every method is one round trip (or one transaction).
+/// Backend primitives. No lease rule lives here: only versioned compare-and-set and reads.
+/// Every method is one round trip (one transaction, one Lua script or one statement).
 #[async_trait]
 pub trait LeaseStore: Send + Sync + 'static {
-    /// Creates leases for new shards and updates parents and closed state of known ones;
-    /// owners, epochs and checkpoints are kept.
-    async fn sync_shards(&self, group: &GroupKey, shards: &[ShardInfo]) -> StoreResult<()>;
-
     /// Every lease of the group, in shard id order.
-    async fn list_leases(&self, group: &GroupKey) -> StoreResult<Vec<Lease>>;
+    async fn read_leases(&self, group: &GroupKey) -> StoreResult<Vec<Versioned<Lease>>>;
 
-    /// Takes a lease that is free or expired at `now_ms`, if its epoch is still
-    /// `expected_epoch`. Returns the new lease (epoch + 1), or `None` if it was not
-    /// acquirable or someone else changed it first.
-    async fn acquire(
+    /// One lease, if it exists.
+    async fn read_lease(&self, group: &GroupKey, shard_id: &str) -> StoreResult<Option<Versioned<Lease>>>;
+
+    /// Applies each write independently (each shard at most once per call); per write
+    /// `Some(new version)`, or `None` on a version conflict.
+    async fn write_leases(&self, group: &GroupKey, writes: &[LeaseWrite]) -> StoreResult<Vec<Option<u64>>>;
+
+    /// A number that changes whenever any lease of the group is written (rounds skip
+    /// re-reading unchanged leases). 0 before the first write.
+    async fn lease_generation(&self, group: &GroupKey) -> StoreResult<u64>;
+
+    /// Every session record of the group, in session id order.
+    async fn read_sessions(&self, group: &GroupKey) -> StoreResult<Vec<Versioned<SessionRecord>>>;
+
+    /// Creates (`expected` None) or replaces (`expected` Some(v)) a session record; `None`
+    /// on a conflict.
+    async fn write_session(
         &self,
         group: &GroupKey,
-        shard_id: &str,
-        expected_epoch: u64,
-        owner: &str,
-        now_ms: i64,
-        expires_at_ms: i64,
-    ) -> StoreResult<Option<Lease>>;
+        session: &SessionRecord,
+        expected: Option<u64>,
+    ) -> StoreResult<Option<u64>>;
 
-    /// Extends every lease in `held` still owned at its epoch to `expires_at_ms`, in one
-    /// round trip. Returns the shard ids of the leases that were lost.
-    async fn renew(&self, group: &GroupKey, held: &[HeldLease], expires_at_ms: i64) -> StoreResult<Vec<String>>;
+    /// Bumps the heartbeat (and version) of each named session that exists, in one round
+    /// trip; returns the ids that do not exist, in the order given.
+    async fn beat_sessions(&self, group: &GroupKey, session_ids: &[String]) -> StoreResult<Vec<String>>;
 
-    /// Gives up a lease held by `owner` at `epoch`. If a handoff was requested it goes to
-    /// that session (expiring at `expires_at_ms`), else it becomes free; the epoch is
-    /// bumped either way. Returns the lease as it now is, or `None` if it was not held.
-    async fn release(
-        &self,
-        group: &GroupKey,
-        shard_id: &str,
-        owner: &str,
-        epoch: u64,
-        expires_at_ms: i64,
-    ) -> StoreResult<Option<Lease>>;
-
-    /// Asks for a live lease to be handed to session `to`, if its epoch is still `epoch`.
-    async fn request_handoff(&self, group: &GroupKey, shard_id: &str, epoch: u64, to: &str) -> StoreResult<bool>;
-
-    /// Stores a checkpoint if `owner` holds the lease at `epoch` and it does not move
-    /// backwards.
-    async fn checkpoint(
-        &self,
-        group: &GroupKey,
-        shard_id: &str,
-        owner: &str,
-        epoch: u64,
-        checkpoint: &Checkpoint,
-    ) -> StoreResult<()>;
-
-    /// Registers or refreshes a session of the group.
-    async fn put_session(&self, group: &GroupKey, session: &SessionRecord) -> StoreResult<()>;
-
-    /// Extends the given sessions to `expires_at_ms` in one round trip.
-    async fn renew_sessions(&self, group: &GroupKey, session_ids: &[String], expires_at_ms: i64) -> StoreResult<()>;
-
-    /// Removes a session and frees every lease it holds (epochs bumped).
-    async fn drop_session(&self, group: &GroupKey, session_id: &str) -> StoreResult<()>;
-
-    /// Sessions of the group alive at `now_ms`. A backend may delete records that
-    /// expired more than [`SESSION_RECORD_RETENTION_MS`] before `now_ms` on the way.
-    async fn list_sessions(&self, group: &GroupKey, now_ms: i64) -> StoreResult<Vec<SessionRecord>>;
+    /// Deletes a session record (if `expected` is Some, only at that version). Returns
+    /// whether it was deleted.
+    async fn delete_session(&self, group: &GroupKey, session_id: &str, expected: Option<u64>) -> StoreResult<bool>;
 
     /// Cheap liveness probe of the backend.
     async fn ping(&self) -> StoreResult<()>;
+
+    /// Optional push: yields whenever another instance changed the group's leases or
+    /// sessions. Default: `None` (callers poll).
+    fn watch(&self, group: &GroupKey) -> Option<futures::stream::BoxStream<'static, ()>> {
+        let _ = group;
+        None
+    }
+
+    /// Announces a change (join, handoff request, release) to other instances' `watch`.
+    /// Default: nothing.
+    async fn notify(&self, group: &GroupKey) -> StoreResult<()> {
+        let _ = group;
+        Ok(())
+    }
 }
 
 /// Removes query parameter `name` from a store URL; returns the URL without it and its
@@ -309,18 +313,17 @@ pub(crate) fn take_query_param(url: &str, name: &str) -> (String, Option<String>
     (url, value)
 }
 
-/// Opens the store named by a URL: `sqlite://PATH`, `redis://…`, `rediss://…`,
-/// `postgres://…` / `postgresql://…`.
+/// Opens the store named by a URL: `memory://`, `sqlite://PATH`, `redis://…`, `rediss://…`,
+/// `redis+cluster://host:port[,host:port…]`, `rediss+cluster://…`, `postgres://…` /
+/// `postgresql://…`.
 pub async fn open(url: &str) -> StoreResult<Arc<dyn LeaseStore>> {
-    if let Some(path) = url.strip_prefix("sqlite://") {
-        Ok(Arc::new(sqlite::SqliteStore::open(path).await?))
-    } else if url.starts_with("redis://") || url.starts_with("rediss://") {
-        Ok(Arc::new(redis::RedisStore::open(url).await?))
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(postgres::PostgresStore::open(url).await?))
+    if url == "memory://" {
+        Ok(Arc::new(MemoryStore::new()))
+    // MILESTONE1-BACKENDS
     } else {
         Err(StoreError::Backend(format!(
-            "unsupported store URL {:?}: use sqlite://PATH, redis://HOST, rediss://HOST or postgres://…",
+            "unsupported store URL {:?}: use sqlite://PATH, redis://HOST, rediss://HOST, \
+             redis+cluster://HOST:PORT[,HOST:PORT…], postgres://… or memory://",
             crate::redact::redact_url(url)
         )))
     }
@@ -328,7 +331,7 @@ pub async fn open(url: &str) -> StoreResult<Arc<dyn LeaseStore>> {
 
 #[cfg(test)]
 mod tests {
-    use super::take_query_param;
+    use super::*;
 
     #[test]
     fn takes_query_param() {
@@ -337,5 +340,12 @@ mod tests {
         assert_eq!(t("redis://h/0?x=1&prefix=a&y=2"), ("redis://h/0?x=1&y=2".into(), Some("a".into())));
         assert_eq!(t("redis://h"), ("redis://h".into(), None));
         assert_eq!(t("postgres://u@h/db?schema=s"), ("postgres://u@h/db?schema=s".into(), None));
+    }
+
+    #[tokio::test]
+    async fn unknown_schemes_are_clear_errors() {
+        let err = open("mysql://u:s3cret@h/db").await.err().expect("refused");
+        assert!(matches!(&err, StoreError::Backend(m) if m.contains("unsupported") && !m.contains("s3cret")), "{err}");
+        assert!(open("memory://").await.is_ok());
     }
 }

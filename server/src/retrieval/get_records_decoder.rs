@@ -25,7 +25,7 @@ use serde::Deserialize;
 
 /// Interceptor for GetRecords calls: decodes success responses itself.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct FastGetRecords;
+pub(crate) struct FastGetRecords;
 
 impl Intercept for FastGetRecords {
     fn name(&self) -> &'static str {
@@ -89,7 +89,7 @@ struct WireRecord<'a> {
 }
 
 /// Decodes a GetRecords response body.
-pub fn decode(body: &[u8]) -> Result<GetRecordsOutput, BoxError> {
+pub(crate) fn decode(body: &[u8]) -> Result<GetRecordsOutput, BoxError> {
     let page: Page<'_> = serde_json::from_slice(body)?;
     let mut records = Vec::with_capacity(page.records.len());
     for r in page.records {

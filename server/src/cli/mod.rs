@@ -1,0 +1,5 @@
+//! The command line: every flag and its config-file key, and the `leases` command.
+
+pub mod config;
+pub mod config_file;
+pub mod leases;

@@ -1,0 +1,522 @@
+//! One worker per app and stream with local sessions. Each round it renews this
+//! instance's sessions (one store call), observes every session's heartbeat, reads the
+//! leases when they changed, asks [`decide`](crate::coordination::decide::decide) what to
+//! do and performs it. The state mutex is a `std` mutex that is never held across an
+//! `.await`: store and Kinesis calls happen outside it, so a slow store stalls no
+//! checkpoint, release or joining session.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use kinesis_butler_proto as pb;
+use pb::get_records_response::Event;
+use pb::shard_revoked::Reason;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::coordination::decide::{self, Action, ReaderView, ReleaseCause, View};
+use crate::coordination::liveness::Liveness;
+use crate::coordination::session::Session;
+use crate::error::ButlerError;
+use crate::metrics as m;
+use crate::retrieval::delivery::{Position, ReaderSpec, StartAt};
+use crate::retrieval::kinesis::IteratorStart;
+use crate::retrieval::reader;
+use crate::retrieval::source::Source;
+use crate::store::{Checkpoint, GroupKey, Lease, Leases, SessionRecord, Versioned};
+
+/// How long a session record whose heartbeat stopped is kept before any instance deletes
+/// it. Its leases are free after the lease TTL already; this only tidies up after
+/// crashed instances, and is long so that an instance that lost the store for a while
+/// finds its records again.
+pub(crate) const SESSION_RECORD_RETENTION: Duration = Duration::from_secs(60 * 60);
+
+/// Timing knobs of a group worker.
+#[derive(Clone, Debug)]
+pub(crate) struct GroupSettings {
+    /// How long a session's heartbeat may stay unchanged before others judge it dead.
+    pub lease_ttl: Duration,
+    /// Round interval.
+    pub balance_interval: Duration,
+    /// Grace for a revoked shard's release.
+    pub handoff_grace: Duration,
+    /// Shard listing interval.
+    pub shard_sync_interval: Duration,
+    /// Reader pause when caught up.
+    pub idle_interval: Duration,
+    /// Read with enhanced fan-out instead of polling.
+    pub fanout: Option<crate::retrieval::fanout::FanOut>,
+}
+
+struct RunningReader {
+    session: Arc<Session>,
+    epoch: u64,
+    cancel: CancellationToken,
+    revoked_at: Option<Instant>,
+}
+
+struct GroupState {
+    sessions: HashMap<String, Arc<Session>>,
+    readers: HashMap<String, RunningReader>,
+    last_shard_sync: Option<Instant>,
+    liveness: Liveness,
+    /// Leases as last read, with the generation they were read at.
+    leases: Option<(u64, Vec<Versioned<Lease>>)>,
+    /// Session records as last read.
+    records: Vec<Versioned<SessionRecord>>,
+    /// When this instance last renewed its sessions.
+    last_renewed: Option<Instant>,
+}
+
+/// The shared state of one app and stream on this instance.
+pub(crate) struct Group {
+    key: GroupKey,
+    leases: Leases,
+    source: Source,
+    instance_id: String,
+    settings: GroupSettings,
+    state: Mutex<GroupState>,
+    wake: Notify,
+    /// Set on shutdown: no new leases, no new readers.
+    draining: AtomicBool,
+    /// Signalled whenever a reader goes away, for shutdown to wait on.
+    released: Notify,
+}
+
+impl Group {
+    /// A group with no sessions yet; `run` drives it.
+    pub(crate) fn new(key: GroupKey, leases: Leases, source: Source, instance_id: String, settings: GroupSettings) -> Self {
+        let liveness = Liveness::new(settings.lease_ttl);
+        Self {
+            key,
+            leases,
+            source,
+            instance_id,
+            settings,
+            state: Mutex::new(GroupState {
+                sessions: HashMap::new(),
+                readers: HashMap::new(),
+                last_shard_sync: None,
+                liveness,
+                leases: None,
+                records: Vec::new(),
+                last_renewed: None,
+            }),
+            wake: Notify::new(),
+            draining: AtomicBool::new(false),
+            released: Notify::new(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, GroupState> {
+        self.state.lock().expect("group state")
+    }
+
+    /// Adds a local session and asks for a round at once.
+    pub(crate) fn add_session(&self, session: Arc<Session>) {
+        self.state().sessions.insert(session.id.clone(), session);
+        self.wake.notify_one();
+    }
+
+    /// Removes a local session: stops its readers and frees its leases in the store at
+    /// once. Returns whether the group has no local session left.
+    pub(crate) async fn remove_session(&self, session_id: &str) -> bool {
+        let empty = {
+            let mut state = self.state();
+            state.sessions.remove(session_id);
+            state.readers.retain(|_, r| {
+                let keep = r.session.id != session_id;
+                if !keep {
+                    r.cancel.cancel();
+                }
+                keep
+            });
+            state.leases = None;
+            state.sessions.is_empty()
+        };
+        if let Err(e) = self.leases.drop_session(&self.key, session_id).await {
+            warn!(app = %self.key.app, stream = %self.key.stream, session = session_id, error = %e,
+                "could not free the session's leases; they are free after the lease TTL");
+        }
+        self.announce().await;
+        self.released.notify_waiters();
+        self.wake.notify_one();
+        empty
+    }
+
+    /// Sessions alive in this instance's view (its own included).
+    pub(crate) fn alive_sessions(&self) -> HashSet<String> {
+        let state = self.state();
+        let now = Instant::now();
+        state.sessions.keys().cloned().chain(state.liveness.alive(now).cloned()).collect()
+    }
+
+    /// Whether no local session is left.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.state().sessions.is_empty()
+    }
+
+    /// Gives up a shard after the client's final checkpoint (answer to a revoke, or
+    /// after `shard_end`).
+    pub(crate) async fn release(&self, session_id: &str, shard_id: &str, epoch: u64) -> Result<(), ButlerError> {
+        self.stop_reader_of(session_id, shard_id, epoch);
+        let released = self.leases.release(&self.key, shard_id, session_id, epoch).await?;
+        self.state().leases = None;
+        match released {
+            Some(lease) => {
+                info!(app = %self.key.app, stream = %self.key.stream, shard = shard_id, from = session_id,
+                    to = lease.owner.as_deref().unwrap_or(""), epoch = lease.epoch, "lease released");
+                self.announce().await;
+                self.wake.notify_one();
+                Ok(())
+            }
+            None => Err(ButlerError::FailedPrecondition(format!(
+                "session {session_id} does not hold shard {shard_id} at epoch {epoch}"
+            ))),
+        }
+    }
+
+    /// Stops the reader of `shard_id` if `session_id` runs it at `epoch`.
+    fn stop_reader_of(&self, session_id: &str, shard_id: &str, epoch: u64) {
+        let mut state = self.state();
+        if state.readers.get(shard_id).is_some_and(|r| r.session.id == session_id && r.epoch == epoch) {
+            let r = state.readers.remove(shard_id).expect("present");
+            r.cancel.cancel();
+            if let Some(at) = r.revoked_at {
+                metrics::histogram!(m::HANDOFF_SECONDS).record(at.elapsed().as_secs_f64());
+            }
+            self.released.notify_waiters();
+        }
+    }
+
+    /// Starts draining: revokes every running shard with `SHUTDOWN` and stops taking
+    /// new ones. Clients answer with their final checkpoint and a release.
+    pub(crate) fn revoke_all(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        let mut state = self.state();
+        for (shard, r) in state.readers.iter_mut().filter(|(_, r)| r.revoked_at.is_none()) {
+            r.revoked_at = Some(Instant::now());
+            r.cancel.cancel();
+            send_revoked(&r.session, &self.key.stream, shard, r.epoch, Reason::Shutdown);
+        }
+    }
+
+    /// Waits until every reader of this group was released.
+    pub(crate) async fn wait_released(&self) {
+        loop {
+            let notified = self.released.notified();
+            if self.state().readers.is_empty() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Runs rounds until the group has no local session or `shutdown` fires. Rounds
+    /// also run at once on a local join, leave or release, and when another instance
+    /// announces a change through the store (where the store can push).
+    pub(crate) async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut watch = self.leases.store().watch(&self.key);
+        loop {
+            if self.is_empty() {
+                return;
+            }
+            if let Err(e) = self.round().await {
+                metrics::counter!(m::STORE_ERRORS, "op" => "round").increment(1);
+                warn!(app = %self.key.app, stream = %self.key.stream, error = %e, "balancing round failed");
+                self.fence_if_stale();
+            }
+            let pushed = async {
+                match watch.as_mut() {
+                    Some(w) => {
+                        futures::StreamExt::next(w).await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = pushed => {}
+                _ = tokio::time::sleep(self.settings.balance_interval) => {}
+            }
+        }
+    }
+
+    /// Tells other instances that this group changed (a join, a release, a handoff
+    /// request), so they need not wait for their next round.
+    async fn announce(&self) {
+        if let Err(e) = self.leases.store().notify(&self.key).await {
+            warn!(app = %self.key.app, stream = %self.key.stream, error = %e, "could not announce a change");
+        }
+    }
+
+    /// Stops every reader when this instance could not renew its sessions for a TTL:
+    /// other instances may judge them dead and take their leases any moment.
+    fn fence_if_stale(&self) {
+        let mut state = self.state();
+        if !decide::self_fenced(state.last_renewed, Instant::now(), self.settings.lease_ttl) {
+            return;
+        }
+        let shards: Vec<String> = state.readers.keys().cloned().collect();
+        for shard in shards {
+            let r = state.readers.remove(&shard).expect("present");
+            warn!(app = %self.key.app, stream = %self.key.stream, shard = %shard, session = %r.session.id,
+                "sessions not renewed for a lease TTL; stopping the reader");
+            stop(r, &self.key.stream, &shard, Reason::LeaseLost);
+        }
+        state.leases = None;
+        self.released.notify_waiters();
+    }
+
+    async fn round(&self) -> Result<(), ButlerError> {
+        let key = &self.key;
+        let local: Vec<(String, String)> =
+            self.state().sessions.values().map(|s| (s.id.clone(), s.client_name.clone())).collect();
+        let ids: Vec<String> = local.iter().map(|(id, _)| id.clone()).collect();
+        let missing = self.leases.beat(key, &ids).await?;
+        for (id, client_name) in local.iter().filter(|(id, _)| missing.contains(id)) {
+            // Deleted while this instance could not reach the store: register it again.
+            let record = SessionRecord {
+                session_id: id.clone(),
+                instance_id: self.instance_id.clone(),
+                client_name: client_name.clone(),
+                heartbeat: 0,
+            };
+            self.leases.put_session(key, &record).await?;
+        }
+        self.state().last_renewed = Some(Instant::now());
+
+        let sync_due = self.state().last_shard_sync.is_none_or(|t| t.elapsed() >= self.settings.shard_sync_interval);
+        if sync_due {
+            match self.source.list_shards(&key.stream).await {
+                Ok(shards) => {
+                    self.leases.sync_shards(key, &shards).await?;
+                    let mut state = self.state();
+                    state.last_shard_sync = Some(Instant::now());
+                    state.leases = None;
+                }
+                Err(e) => warn!(app = %key.app, stream = %key.stream, error = %e, "listing shards failed"),
+            }
+        }
+
+        let records = self.leases.sessions(key).await?;
+        let stale = {
+            let mut state = self.state();
+            state.records = records;
+            state.liveness.stale(Instant::now(), SESSION_RECORD_RETENTION)
+        };
+        for (id, version) in stale {
+            if self.leases.store().delete_session(key, &id, Some(version)).await? {
+                info!(app = %key.app, stream = %key.stream, session = %id, "deleted the record of a dead session");
+            }
+        }
+
+        // Two passes: the second starts readers for what the first acquired.
+        for _ in 0..2 {
+            let leases = self.current_leases().await?;
+            let store_actions = self.apply_local(&leases);
+            if store_actions.is_empty() {
+                break;
+            }
+            self.apply_store(store_actions).await?;
+        }
+        let held = self.state().readers.len();
+        metrics::gauge!(m::LEASES_HELD, "app" => key.app.clone(), "stream" => key.stream.clone()).set(held as f64);
+        Ok(())
+    }
+
+    /// The leases, read again only when their generation changed since the last read.
+    async fn current_leases(&self) -> Result<Vec<Versioned<Lease>>, ButlerError> {
+        let generation = self.leases.store().lease_generation(&self.key).await?;
+        if let Some((g, leases)) = &self.state().leases {
+            if *g == generation {
+                return Ok(leases.clone());
+            }
+        }
+        let leases = self.leases.list(&self.key).await?;
+        self.state().leases = Some((generation, leases.clone()));
+        Ok(leases)
+    }
+
+    /// Decides, performs what needs no store call (start, revoke, stop readers) and
+    /// returns the rest.
+    fn apply_local(&self, leases: &[Versioned<Lease>]) -> Vec<Action> {
+        let mut guard = self.state();
+        let state = &mut *guard;
+        let now = Instant::now();
+        // Sessions are read before leases, so every owner a lease names had its record
+        // written before this read of the leases; one not seen yet gets a whole TTL.
+        let referenced = leases.iter().flat_map(|l| l.value.owner.iter().chain(l.value.handoff_to.iter()));
+        state.liveness.observe(&state.records, referenced.map(String::as_str), now);
+        let local: Vec<String> = state.sessions.keys().cloned().collect();
+        let mut live: HashSet<String> = local.iter().cloned().collect();
+        live.extend(state.liveness.alive(now).cloned());
+        let readers: BTreeMap<String, ReaderView> = state
+            .readers
+            .iter()
+            .map(|(shard, r)| {
+                (shard.clone(), ReaderView { session: r.session.id.clone(), epoch: r.epoch, revoked_at: r.revoked_at })
+            })
+            .collect();
+        let actions = decide::decide(&View {
+            leases,
+            live: &live,
+            local: &local,
+            readers: &readers,
+            now,
+            handoff_grace: self.settings.handoff_grace,
+            draining: self.draining.load(Ordering::SeqCst),
+        });
+        let key = &self.key;
+        let mut rest = Vec::new();
+        for action in actions {
+            match action {
+                Action::Start { session, lease } => {
+                    if let Some(session) = state.sessions.get(&session).cloned() {
+                        let reader = self.start_reader(&session, &lease);
+                        state.readers.insert(lease.shard_id.clone(), reader);
+                    }
+                }
+                Action::Revoke { shard } => {
+                    if let Some(r) = state.readers.get_mut(&shard) {
+                        metrics::counter!(m::REBALANCES, "app" => key.app.clone(), "stream" => key.stream.clone())
+                            .increment(1);
+                        r.revoked_at = Some(now);
+                        r.cancel.cancel();
+                        info!(app = %key.app, stream = %key.stream, shard = %shard, from = %r.session.id,
+                            "revoking shard for rebalance");
+                        send_revoked(&r.session, &key.stream, &shard, r.epoch, Reason::Rebalance);
+                    }
+                }
+                Action::Stop { shard } => {
+                    if let Some(r) = state.readers.remove(&shard) {
+                        warn!(app = %key.app, stream = %key.stream, shard = %shard, session = %r.session.id, "lease lost");
+                        stop(r, &key.stream, &shard, Reason::LeaseLost);
+                    }
+                }
+                Action::Release { ref shard, ref session, cause, .. } => {
+                    if let Some(r) = state.readers.remove(shard) {
+                        r.cancel.cancel();
+                    }
+                    if cause == ReleaseCause::GraceExpired {
+                        warn!(app = %key.app, stream = %key.stream, shard = %shard, session = %session,
+                            "no release within the handoff grace; handing the shard over");
+                    }
+                    rest.push(action);
+                }
+                other => rest.push(other),
+            }
+        }
+        if state.readers.is_empty() {
+            self.released.notify_waiters();
+        }
+        rest
+    }
+
+    /// Performs the store's part of a round: acquisitions and handoff requests in one
+    /// call each, then releases.
+    async fn apply_store(&self, actions: Vec<Action>) -> Result<(), ButlerError> {
+        let key = &self.key;
+        let mut acquire = Vec::new();
+        let mut handoff = Vec::new();
+        let mut release = Vec::new();
+        for action in actions {
+            match action {
+                Action::Acquire { lease, session, owner_dead } => acquire.push((lease, session, owner_dead)),
+                Action::RequestHandoff { lease, to } => handoff.push((lease, to)),
+                Action::Release { shard, session, epoch, .. } => release.push((shard, session, epoch)),
+                _ => {}
+            }
+        }
+        if !acquire.is_empty() {
+            let got = self.leases.acquire_many(key, &acquire).await?;
+            for ((before, session, _), lease) in acquire.iter().zip(got) {
+                if let Some(lease) = lease {
+                    info!(app = %key.app, stream = %key.stream, shard = %lease.shard_id,
+                        from = before.value.owner.as_deref().unwrap_or(""), to = %session, epoch = lease.epoch,
+                        "lease acquired");
+                }
+            }
+        }
+        if !handoff.is_empty() {
+            let asked = self.leases.request_handoffs(key, &handoff).await?;
+            for ((lease, to), ok) in handoff.iter().zip(asked) {
+                if ok {
+                    info!(app = %key.app, stream = %key.stream, shard = %lease.value.shard_id, to = %to,
+                        "handoff requested");
+                }
+            }
+            self.announce().await;
+        }
+        for (shard, session, epoch) in &release {
+            self.leases.release(key, shard, session, *epoch).await?;
+            self.released.notify_waiters();
+        }
+        if !release.is_empty() {
+            self.announce().await;
+        }
+        self.state().leases = None;
+        Ok(())
+    }
+
+    fn start_reader(&self, session: &Arc<Session>, lease: &Lease) -> RunningReader {
+        let start = match &lease.checkpoint {
+            // At the checkpointed record, dropping the user records up to it (see the
+            // resume rule in `delivery`): a restart inside a KPL aggregate neither skips
+            // nor repeats.
+            Checkpoint::At { sequence, sub_sequence } => {
+                StartAt::After(Position { sequence: sequence.clone(), sub_sequence: *sub_sequence })
+            }
+            // Children of a reshard start at their beginning so nothing between the
+            // parent's end and the child's first read is skipped.
+            _ if !lease.parent_shard_ids.is_empty() => StartAt::Fresh(IteratorStart::TrimHorizon),
+            _ => StartAt::Fresh(session.start.clone()),
+        };
+        let spec = ReaderSpec {
+            app: self.key.app.clone(),
+            stream: self.key.stream.clone(),
+            shard_id: lease.shard_id.clone(),
+            epoch: lease.epoch,
+            start,
+            batch_size: session.batch_size,
+            idle_interval: self.settings.idle_interval,
+            assigned: pb::ShardAssigned {
+                stream: self.key.stream.clone(),
+                shard_id: lease.shard_id.clone(),
+                lease_epoch: lease.epoch,
+                checkpoint: lease.checkpoint.as_text().to_owned(),
+            },
+            fanout: self.settings.fanout.clone(),
+        };
+        let cancel = CancellationToken::new();
+        tokio::spawn(reader::run(self.source.clone(), spec, session.out.clone(), cancel.clone()));
+        RunningReader { session: session.clone(), epoch: lease.epoch, cancel, revoked_at: None }
+    }
+}
+
+fn stop(reader: RunningReader, stream: &str, shard: &str, reason: Reason) {
+    reader.cancel.cancel();
+    if reader.revoked_at.is_none() || reason == Reason::LeaseLost {
+        send_revoked(&reader.session, stream, shard, reader.epoch, reason);
+    }
+}
+
+/// Queues a revoke behind the batches already in the session's outbox without blocking
+/// the round on a slow client.
+fn send_revoked(session: &Arc<Session>, stream: &str, shard: &str, epoch: u64, reason: Reason) {
+    let event = Event::ShardRevoked(pb::ShardRevoked {
+        stream: stream.to_owned(),
+        shard_id: shard.to_owned(),
+        lease_epoch: epoch,
+        reason: reason as i32,
+    });
+    let out = session.out.clone();
+    tokio::spawn(async move {
+        let _ = out.send(Ok(pb::GetRecordsResponse { event: Some(event) })).await;
+    });
+}

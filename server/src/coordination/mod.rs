@@ -1,0 +1,9 @@
+//! Coordination: the instance core, one group worker per app and stream, the balancer's
+//! decision and the sessions.
+
+pub(crate) mod balancer;
+pub(crate) mod butler;
+pub(crate) mod decide;
+pub(crate) mod group;
+pub(crate) mod liveness;
+pub(crate) mod session;
