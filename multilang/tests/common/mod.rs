@@ -214,13 +214,19 @@ pub fn server_bin() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// A Butler server on a SQLite store in `dir`, reading kinesalite.
+/// The store of a test's server: SQLite in `dir`, or `KB_MULTILANG_TEST_STORE` (e.g.
+/// `memory://`).
+pub fn store_url(dir: &Path) -> String {
+    std::env::var("KB_MULTILANG_TEST_STORE").unwrap_or_else(|_| format!("sqlite://{}", dir.join("butler.db").display()))
+}
+
+/// A Butler server on a SQLite store in `dir` (see [`store_url`]), reading kinesalite.
 pub async fn start_server(dir: &Path, extra: &[&str]) -> Result<(Proc, String)> {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let log = dir.join(format!("server-{port}.log"));
     let child = Command::new(server_bin()?)
-        .args(["--listen", &listen, "--store", &format!("sqlite://{}", dir.join("butler.db").display())])
+        .args(["--listen", &listen, "--store", &store_url(dir)])
         .args(["--balance-interval", "200ms", "--idle-interval", "100ms", "--handoff-grace", "3s", "--lease-ttl", "5s"])
         .args(extra)
         .env("AWS_ACCESS_KEY_ID", "test")
