@@ -3,3 +3,4 @@
 pub mod config;
 pub mod config_file;
 pub mod leases;
+pub mod multilang;
