@@ -123,7 +123,10 @@ async fn sync_shards_creates_and_updates(l: Leases) {
     assert_eq!(leases.iter().map(|l| l.value.shard_id.as_str()).collect::<Vec<_>>(), [S0, S1], "shard id order");
     for v in &leases {
         let l = &v.value;
-        assert_eq!((v.version, l.owner.as_deref(), l.epoch, &l.checkpoint, l.closed), (1, None, 0, &Checkpoint::None, false));
+        assert_eq!(
+            (v.version, l.owner.as_deref(), l.epoch, &l.checkpoint, l.closed),
+            (1, None, 0, &Checkpoint::None, false)
+        );
         assert!(l.parent_shard_ids.is_empty() && l.handoff_to.is_none());
     }
 
@@ -377,10 +380,10 @@ async fn sessions_put_beat_list_delete(l: Leases) {
     l.put_session(&g, &session("s1", "one")).await.unwrap();
     l.put_session(&other, &session("s9", "nine")).await.unwrap();
     let all = l.sessions(&g).await.unwrap();
-    assert_eq!(all, [Versioned { version: 1, value: session("s1", "one") }, Versioned {
-        version: 1,
-        value: session("s2", "two")
-    }]);
+    assert_eq!(
+        all,
+        [Versioned { version: 1, value: session("s1", "one") }, Versioned { version: 1, value: session("s2", "two") }]
+    );
 
     let missing = l.beat(&g, &["s1".to_owned(), "ghost".to_owned(), "s9".to_owned()]).await.unwrap();
     assert_eq!(missing, ["ghost", "s9"], "beats create nothing, and stay in their group");
@@ -424,7 +427,8 @@ async fn drop_session_frees_leases_and_handoffs(l: Leases) {
     assert!(handoff(&l, &g, read(&l, &g, S3).await, "s3").await);
 
     l.drop_session(&g, "s1").await.unwrap();
-    let view: Vec<_> = l.list(&g).await.unwrap().into_iter().map(|v| (v.value.owner, v.value.epoch, v.value.handoff_to)).collect();
+    let view: Vec<_> =
+        l.list(&g).await.unwrap().into_iter().map(|v| (v.value.owner, v.value.epoch, v.value.handoff_to)).collect();
     let some = |s: &str| Some(s.to_owned());
     assert_eq!(view, [(None, 2, None), (None, 2, None), (some("s2"), 1, None), (some("s2"), 1, some("s3"))]);
     assert_eq!(ids(&l.sessions(&g).await.unwrap()), ["s2"]);
@@ -447,7 +451,8 @@ async fn stale_sessions_are_removed_at_the_version_seen(l: Leases) {
     }
     take(&l, &g, S0, "s1").await;
     take(&l, &g, S1, "s2").await;
-    let seen: Vec<(String, u64)> = l.sessions(&g).await.unwrap().iter().map(|s| (s.value.session_id.clone(), s.version)).collect();
+    let seen: Vec<(String, u64)> =
+        l.sessions(&g).await.unwrap().iter().map(|s| (s.value.session_id.clone(), s.version)).collect();
     l.beat(&g, &["s2".to_owned()]).await.unwrap();
     let removed = l.remove_stale_sessions(&g, &seen, &["s3".to_owned()]).await.unwrap();
     assert_eq!(removed, ["s1"], "s2 beat in between; s3 is local");
@@ -528,7 +533,8 @@ async fn a_group_keeps_its_keys_in_one_cluster_slot() {
         sync(&l, g, &[S0]).await;
         take(&l, g, S0, "a").await;
     }
-    let owners: BTreeSet<_> = join_all(groups.iter().map(|g| lease(&l, g, S0))).await.into_iter().map(|l| l.owner).collect();
+    let owners: BTreeSet<_> =
+        join_all(groups.iter().map(|g| lease(&l, g, S0))).await.into_iter().map(|l| l.owner).collect();
     b.cleanup.run().await;
     assert_eq!(owners, BTreeSet::from([Some("a".to_owned())]));
 }

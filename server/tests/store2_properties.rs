@@ -47,7 +47,8 @@ fn checkpoint(rng: &mut StdRng) -> Checkpoint {
         0 => Checkpoint::None,
         1 => Checkpoint::ShardEnd,
         _ => {
-            let numbers = ["5".to_owned(), "9".into(), "10".into(), BIG.into(), format!("{}9", &BIG[..55]), format!("1{BIG}")];
+            let numbers =
+                ["5".to_owned(), "9".into(), "10".into(), BIG.into(), format!("{}9", &BIG[..55]), format!("1{BIG}")];
             let sequence = SequenceNumber::parse(pick::<String>(rng, &numbers)).unwrap();
             Checkpoint::At { sequence, sub_sequence: rng.random_range(0..3) }
         }
@@ -132,7 +133,11 @@ fn next_op(rng: &mut StdRng, (leases, sessions): &State, old_reads: &[Versioned<
                     (0..n)
                         .map(|_| ShardInfo {
                             shard_id: pick(rng, &SHARDS).to_string(),
-                            parent_shard_ids: if rng.random_bool(0.3) { vec![pick(rng, &SHARDS).to_string()] } else { vec![] },
+                            parent_shard_ids: if rng.random_bool(0.3) {
+                                vec![pick(rng, &SHARDS).to_string()]
+                            } else {
+                                vec![]
+                            },
                             closed: rng.random_bool(0.2),
                         })
                         .collect(),
@@ -165,7 +170,13 @@ fn next_op(rng: &mut StdRng, (leases, sessions): &State, old_reads: &[Versioned<
             }
             14 => Op::DropSession(a_session(rng)),
             15 | 16 => Op::PutSession(session(&a_session(rng), rng)),
-            17 => Op::Beat((0..rng.random_range(1..=3)).map(|_| a_session(rng)).collect::<std::collections::BTreeSet<_>>().into_iter().collect()),
+            17 => Op::Beat(
+                (0..rng.random_range(1..=3))
+                    .map(|_| a_session(rng))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
+            ),
             18 => {
                 let id = a_session(rng);
                 let seen = sessions.iter().find(|s| s.value.session_id == id).map_or(1, |s| s.version);

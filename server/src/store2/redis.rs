@@ -359,8 +359,11 @@ impl RedisStore {
 #[async_trait]
 impl LeaseStore for RedisStore {
     async fn read_leases(&self, group: &GroupKey) -> StoreResult<Vec<Versioned<Lease>>> {
-        let all: HashMap<String, String> =
-            redis::cmd("HGETALL").arg(self.keys(group).leases).query_async(&mut self.conn()).await.map_err(redis_err)?;
+        let all: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys(group).leases)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(redis_err)?;
         let mut leases = all.iter().map(|(shard, raw)| decode_lease(shard, raw)).collect::<StoreResult<Vec<_>>>()?;
         leases.sort_by(|a, b| a.value.shard_id.cmp(&b.value.shard_id));
         Ok(leases)
@@ -394,8 +397,11 @@ impl LeaseStore for RedisStore {
     }
 
     async fn lease_generation(&self, group: &GroupKey) -> StoreResult<u64> {
-        let n: Option<u64> =
-            redis::cmd("GET").arg(self.keys(group).generation).query_async(&mut self.conn()).await.map_err(redis_err)?;
+        let n: Option<u64> = redis::cmd("GET")
+            .arg(self.keys(group).generation)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(redis_err)?;
         Ok(n.unwrap_or(0))
     }
 
@@ -470,7 +476,10 @@ mod tests {
     #[test]
     fn cluster_urls_name_every_node_with_the_credentials() {
         assert_eq!(cluster_nodes("redis+cluster://h1:7301,h2:7302/", false), ["redis://h1:7301", "redis://h2:7302"]);
-        assert_eq!(cluster_nodes("rediss+cluster://u:pw@h1:1,h2:2", true), ["rediss://u:pw@h1:1", "rediss://u:pw@h2:2"]);
+        assert_eq!(
+            cluster_nodes("rediss+cluster://u:pw@h1:1,h2:2", true),
+            ["rediss://u:pw@h1:1", "rediss://u:pw@h2:2"]
+        );
         assert!(cluster_nodes("redis+cluster://", false).is_empty());
     }
 

@@ -177,7 +177,9 @@ impl LeaseStore for SqliteStore {
                 let (text, handoff) = (l.checkpoint.as_text(), &l.handoff_to);
                 let (app, stream, shard, owner) = (&g.app, &g.stream, &l.shard_id, &l.owner);
                 let n = match w.expected {
-                    None => insert.execute(params![app, stream, shard, owner, epoch, text, sub, parents, closed, handoff]),
+                    None => {
+                        insert.execute(params![app, stream, shard, owner, epoch, text, sub, parents, closed, handoff])
+                    }
                     Some(v) => update.execute(params![
                         app, stream, shard, owner, epoch, text, sub, parents, closed, handoff, v as i64
                     ]),
@@ -201,7 +203,8 @@ impl LeaseStore for SqliteStore {
     async fn lease_generation(&self, group: &GroupKey) -> StoreResult<u64> {
         self.in_tx(group, |tx, g| {
             let sql = "SELECT generation FROM lease_generations_v2 WHERE app = ?1 AND stream = ?2";
-            let n: Option<i64> = tx.query_row(sql, params![g.app, g.stream], |r| r.get(0)).optional().map_err(backend)?;
+            let n: Option<i64> =
+                tx.query_row(sql, params![g.app, g.stream], |r| r.get(0)).optional().map_err(backend)?;
             Ok(n.unwrap_or(0) as u64)
         })
         .await

@@ -61,9 +61,8 @@ pub async fn open_sqlite() -> Backend {
 
 pub async fn open_redis() -> Backend {
     let prefix = unique();
-    let store = store2::open(&format!("{REDIS_URL}?prefix={prefix}"))
-        .await
-        .expect("Redis must be running on 127.0.0.1:6379");
+    let store =
+        store2::open(&format!("{REDIS_URL}?prefix={prefix}")).await.expect("Redis must be running on 127.0.0.1:6379");
     Backend { store, cleanup: Cleanup::Redis(prefix) }
 }
 
