@@ -9,7 +9,7 @@
 //! TLS: `sslmode=require` connects over TLS (rustls) and verifies the server certificate
 //! against the system roots, or against the PEM file named by `sslrootcert=PATH`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use tokio_postgres::config::SslMode;
-use tokio_postgres::{Client, Config, NoTls, Row};
+use tokio_postgres::{Client, Config, NoTls, Row, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
@@ -59,8 +59,6 @@ CREATE TABLE IF NOT EXISTS kb_lease_generations_v2 (
     PRIMARY KEY (app, stream)
 );
 "#;
-
-const LEASE_COLUMNS: &str = "version, shard_id, owner, epoch, checkpoint, sub_sequence, parents, closed, handoff_to";
 
 /// One statement for a batch of lease writes. Mirrors the compare-and-set of
 /// `LeaseStore::write_leases`: a write with no expected version inserts only if the row is
@@ -108,8 +106,15 @@ pub struct PostgresStore {
     shown_url: String,
     /// The TLS connector with `sslmode=require`.
     tls: Option<MakeRustlsConnect>,
-    slots: Vec<Mutex<Option<Client>>>,
+    slots: Vec<Mutex<Option<Connection>>>,
     next: AtomicUsize,
+}
+
+/// A pooled connection and the statements prepared on it (each statement is parsed once
+/// per connection, so a call is one round trip).
+struct Connection {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
 }
 
 /// Failure inside an operation: a driver error (classified later) or a store error.
@@ -237,7 +242,7 @@ impl PostgresStore {
         store
             .timed(async {
                 let mut c = store.client().await?;
-                let tx = c.transaction().await?;
+                let tx = c.client.transaction().await?;
                 // Serializes concurrent first starts: CREATE … IF NOT EXISTS can race.
                 tx.execute("SELECT pg_advisory_xact_lock(4242674242)", &[]).await?;
                 tx.batch_execute(&format!("{}{SCHEMA}", create_schema.as_deref().unwrap_or_default())).await?;
@@ -285,15 +290,15 @@ impl PostgresStore {
 
     /// A live connection for one operation: an idle pooled one if any, else the next one
     /// to be free; reopened if it died.
-    async fn client(&self) -> StoreResult<MappedMutexGuard<'_, Client>> {
+    async fn client(&self) -> StoreResult<MappedMutexGuard<'_, Connection>> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let idle = (0..POOL_SIZE).find_map(|i| self.slots[(start + i) % POOL_SIZE].try_lock().ok());
         let mut slot = match idle {
             Some(slot) => slot,
             None => self.slots[start % POOL_SIZE].lock().await,
         };
-        if slot.as_ref().is_none_or(Client::is_closed) {
-            *slot = Some(self.connect().await?);
+        if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
+            *slot = Some(Connection { client: self.connect().await?, statements: HashMap::new() });
         }
         Ok(MutexGuard::map(slot, |c| c.as_mut().expect("connected above")))
     }
@@ -311,22 +316,44 @@ impl PostgresStore {
         }
     }
 
-    /// Runs one statement and returns its rows.
-    async fn query(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> StoreResult<Vec<Row>> {
-        self.timed(async { Ok(self.client().await?.query(sql, params).await?) }).await
+    /// Runs one statement (prepared once per connection) and returns its rows.
+    async fn query(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> StoreResult<Vec<Row>> {
+        self.timed(async {
+            let mut conn = self.client().await?;
+            let statement = match conn.statements.get(sql) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = conn.client.prepare(sql).await?;
+                    conn.statements.insert(sql, s.clone());
+                    s
+                }
+            };
+            Ok(conn.client.query(&statement, params).await?)
+        })
+        .await
     }
 }
 
 #[async_trait]
 impl LeaseStore for PostgresStore {
     async fn read_leases(&self, group: &GroupKey) -> StoreResult<Vec<Versioned<Lease>>> {
-        let sql = format!("SELECT {LEASE_COLUMNS} FROM kb_leases_v2 WHERE app = $1 AND stream = $2 ORDER BY shard_id");
-        self.query(&sql, &[&group.app, &group.stream]).await?.iter().map(lease_from_row).collect()
+        let sql = concat!(
+            "SELECT version, shard_id, owner, epoch, checkpoint, sub_sequence, parents, closed, handoff_to",
+            " FROM kb_leases_v2 WHERE app = $1 AND stream = $2 ORDER BY shard_id"
+        );
+        self.query(sql, &[&group.app, &group.stream]).await?.iter().map(lease_from_row).collect()
     }
 
     async fn read_lease(&self, group: &GroupKey, shard_id: &str) -> StoreResult<Option<Versioned<Lease>>> {
-        let sql = format!("SELECT {LEASE_COLUMNS} FROM kb_leases_v2 WHERE app = $1 AND stream = $2 AND shard_id = $3");
-        self.query(&sql, &[&group.app, &group.stream, &shard_id]).await?.first().map(lease_from_row).transpose()
+        let sql = concat!(
+            "SELECT version, shard_id, owner, epoch, checkpoint, sub_sequence, parents, closed, handoff_to",
+            " FROM kb_leases_v2 WHERE app = $1 AND stream = $2 AND shard_id = $3"
+        );
+        self.query(sql, &[&group.app, &group.stream, &shard_id]).await?.first().map(lease_from_row).transpose()
     }
 
     async fn write_leases(&self, group: &GroupKey, writes: &[LeaseWrite]) -> StoreResult<Vec<Option<u64>>> {
@@ -426,6 +453,6 @@ impl LeaseStore for PostgresStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        self.timed(async { Ok(self.client().await?.batch_execute("SELECT 1").await?) }).await
+        self.timed(async { Ok(self.client().await?.client.batch_execute("SELECT 1").await?) }).await
     }
 }

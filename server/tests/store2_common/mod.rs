@@ -76,7 +76,8 @@ pub async fn open_redis_cluster() -> Backend {
 
 pub async fn open_postgres() -> Backend {
     let schema = unique();
-    let store = store2::open(&format!("{POSTGRES_URL}?schema={schema}"))
+    // Commits need not wait for the disk in tests (the suite is about semantics).
+    let store = store2::open(&format!("{POSTGRES_URL}?schema={schema}&options=-c%20synchronous_commit%3Doff"))
         .await
         .expect("PostgreSQL must be running on 127.0.0.1:5432 with database `test`");
     Backend { store, cleanup: Cleanup::Postgres(schema) }
