@@ -12,7 +12,7 @@ use kinesis_butler::seqnum::SequenceNumber;
 use kinesis_butler::store2::{
     self, Checkpoint, GroupKey, Lease, LeaseWrite, Leases, SessionRecord, ShardInfo, StoreError, Versioned,
 };
-use store2_common::{cluster_url, run, OPEN_TIMEOUT};
+use store2_common::{cluster_url, run, Backend, Cleanup, OPEN_TIMEOUT, TEST_TIMEOUT};
 
 const S0: &str = "shardId-000000000000";
 const S1: &str = "shardId-000000000001";
@@ -537,4 +537,64 @@ async fn a_group_keeps_its_keys_in_one_cluster_slot() {
         join_all(groups.iter().map(|g| lease(&l, g, S0))).await.into_iter().map(|l| l.owner).collect();
     b.cleanup.run().await;
     assert_eq!(owners, BTreeSet::from([Some("a".to_owned())]));
+}
+
+// ---------------------------------------------------------------- watch and notify
+
+/// A `notify` on one store handle wakes a `watch` on another (two connections, as two
+/// instances would have), and only for the group watched.
+async fn notify_wakes_another_handles_watch(a: store2_common::Backend, b: store2_common::Backend) {
+    use futures::StreamExt;
+    use std::time::Duration;
+    let within = Duration::from_secs(10);
+    let (g, other) = (group(), GroupKey::new("app", "another-stream"));
+    let mut changes = a.store.watch(&g).expect("this backend can watch");
+    tokio::time::timeout(within, changes.next()).await.expect("subscribed in time").expect("a first wake");
+    b.store.notify(&other).await.unwrap();
+    b.store.notify(&g).await.unwrap();
+    tokio::time::timeout(within, changes.next()).await.expect("woken in time").expect("a wake");
+    // The other group's notify did not wake it: nothing more is queued.
+    let more = tokio::time::timeout(Duration::from_millis(200), changes.next()).await;
+    assert!(more.is_err(), "woken without a notify of its group: {more:?}");
+    drop(changes);
+    a.cleanup.run().await;
+}
+
+#[tokio::test]
+async fn redis_notify_wakes_a_watch() {
+    let a = store2_common::open_redis().await;
+    let Cleanup::Redis(prefix) = &a.cleanup else { unreachable!() };
+    let b = store2::open(&format!("{}?prefix={prefix}", store2_common::REDIS_URL)).await.unwrap();
+    tokio::time::timeout(
+        TEST_TIMEOUT,
+        notify_wakes_another_handles_watch(a, Backend { store: b, cleanup: Cleanup::Nothing }),
+    )
+    .await
+    .expect("in time");
+}
+
+#[tokio::test]
+async fn redis_cluster_notify_wakes_a_watch() {
+    let a = store2_common::open_redis_cluster().await;
+    let Cleanup::RedisCluster(prefix) = &a.cleanup else { unreachable!() };
+    let b = store2::open(&format!("{}?prefix={prefix}", cluster_url())).await.unwrap();
+    tokio::time::timeout(
+        TEST_TIMEOUT,
+        notify_wakes_another_handles_watch(a, Backend { store: b, cleanup: Cleanup::Nothing }),
+    )
+    .await
+    .expect("in time");
+}
+
+#[tokio::test]
+async fn postgres_notify_wakes_a_watch() {
+    let a = store2_common::open_postgres().await;
+    let Cleanup::Postgres(schema) = &a.cleanup else { unreachable!() };
+    let b = store2::open(&format!("{}?schema={schema}", store2_common::POSTGRES_URL)).await.unwrap();
+    tokio::time::timeout(
+        TEST_TIMEOUT,
+        notify_wakes_another_handles_watch(a, Backend { store: b, cleanup: Cleanup::Nothing }),
+    )
+    .await
+    .expect("in time");
 }

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::stream::{self, BoxStream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Config, NoTls, Row, Statement};
@@ -91,6 +93,11 @@ WITH w AS (
 SELECT shard_id, version FROM inserted UNION ALL SELECT shard_id, version FROM updated
 "#;
 
+/// The LISTEN/NOTIFY channel of `watch` and `notify`; the payload names schema and group.
+const CHANGES_CHANNEL: &str = "kb_v2_changes";
+/// Bound on opening the connection of `watch`.
+const WATCH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Connections kept open per store.
 const POOL_SIZE: usize = 4;
 /// Bound on one operation (including a reconnect).
@@ -148,6 +155,50 @@ fn pg_error(e: &tokio_postgres::Error) -> StoreError {
     } else {
         StoreError::Backend(format!("postgres: {e}"))
     }
+}
+
+/// Drives a `watch` connection, forwarding the notifications with `payload` to `tx` until
+/// the connection ends or nobody listens any more.
+async fn forward_notifications<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    payload: String,
+    tx: tokio::sync::mpsc::UnboundedSender<()>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut messages = stream::poll_fn(move |cx| connection.poll_message(cx));
+    while let Some(Ok(message)) = messages.next().await {
+        if let tokio_postgres::AsyncMessage::Notification(n) = message {
+            if n.payload() == payload && tx.send(()).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// A new connection that LISTENs for the changes of one group; its notifications with
+/// `payload` go to the returned receiver while the returned client is kept.
+async fn listen(
+    config: Config,
+    tls: Option<MakeRustlsConnect>,
+    payload: String,
+) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<()>), tokio_postgres::Error> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let client = match tls {
+        Some(tls) => {
+            let (client, connection) = config.connect(tls).await?;
+            tokio::spawn(forward_notifications(connection, payload, tx));
+            client
+        }
+        None => {
+            let (client, connection) = config.connect(NoTls).await?;
+            tokio::spawn(forward_notifications(connection, payload, tx));
+            client
+        }
+    };
+    client.batch_execute(&format!("LISTEN {CHANGES_CHANNEL}")).await?;
+    Ok((client, rx))
 }
 
 fn quote_ident(name: &str) -> String {
@@ -316,6 +367,12 @@ impl PostgresStore {
         }
     }
 
+    /// The notification payload for `group` (schema included: channels are per database).
+    fn change_payload(&self, group: &GroupKey) -> String {
+        let schema = self.schema.as_deref().unwrap_or("public");
+        format!("{schema}:{}:{}:{}", group.app.len(), group.app, group.stream)
+    }
+
     /// Runs one statement (prepared once per connection) and returns its rows.
     async fn query(
         &self,
@@ -450,6 +507,40 @@ impl LeaseStore for PostgresStore {
                        AND ($4::bigint IS NULL OR version = $4) RETURNING 1";
         let expected = expected.map(|v| v as i64);
         Ok(!self.query(sql, &[&group.app, &group.stream, &session_id, &expected]).await?.is_empty())
+    }
+
+    /// LISTENs on its own connection. Yields once when listening (changes before it may
+    /// have been missed), then on every `notify` of the group; ends when the connection is
+    /// lost (callers keep polling meanwhile).
+    fn watch(&self, group: &GroupKey) -> Option<BoxStream<'static, ()>> {
+        let listening = listen(self.config.clone(), self.tls.clone(), self.change_payload(group));
+        let shown = self.shown_url.clone();
+        let listening = async move {
+            match tokio::time::timeout(WATCH_CONNECT_TIMEOUT, listening).await {
+                Ok(Ok((client, rx))) => {
+                    let changes = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(move |()| {
+                        // The client lives as long as the stream: dropping it ends the LISTEN.
+                        let _ = &client;
+                    });
+                    stream::once(async {}).chain(changes).boxed()
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!("cannot watch postgres {shown}: {e}");
+                    stream::empty().boxed()
+                }
+                Err(_) => {
+                    tracing::warn!("cannot watch postgres {shown}: not listening within {WATCH_CONNECT_TIMEOUT:?}");
+                    stream::empty().boxed()
+                }
+            }
+        };
+        Some(stream::once(listening).flatten().boxed())
+    }
+
+    async fn notify(&self, group: &GroupKey) -> StoreResult<()> {
+        let payload = self.change_payload(group);
+        self.query("SELECT pg_notify($1, $2)", &[&CHANGES_CHANNEL, &payload]).await?;
+        Ok(())
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -6,7 +6,8 @@
 //! the optional `?prefix=…`), so every multi-key script runs on one cluster slot:
 //! - `…:v2:leases` hash: shard id → `<version>:<lease JSON>`
 //! - `…:v2:sessions` hash: session id → `<version>:<heartbeat>:<session JSON>`
-//! - `…:v2:generation` string: bumped by every script call that wrote a lease.
+//! - `…:v2:generation` string: bumped by every script call that wrote a lease;
+//! - `…:v2:changes`: the pub/sub channel of `watch` / `notify`.
 //!
 //! No lease rule lives here: the scripts only compare and bump versions (the
 //! compare-and-set contract of [`LeaseStore`]); the JSON is written and read only by Rust.
@@ -17,6 +18,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::stream::{self, BoxStream, StreamExt};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
@@ -28,6 +30,9 @@ use super::{
     Versioned,
 };
 use crate::redact::redact_url;
+
+/// Bound on opening the subscription of `watch`.
+const WATCH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Helpers of every script: `HMGET`/`HSET` in chunks (Lua's `unpack` is bounded).
 const LUA_LIB: &str = r#"
@@ -174,6 +179,10 @@ impl ConnectionLike for Conn {
 /// A lease store on Redis (one server or a cluster).
 pub struct RedisStore {
     conn: Conn,
+    /// For `watch`: the server, or one node of the cluster (cluster nodes forward every
+    /// `PUBLISH` to each other, so one subscription hears them all).
+    pubsub: redis::Client,
+    shown: String,
     prefix: String,
     scripts: Scripts,
 }
@@ -183,6 +192,8 @@ struct Keys {
     leases: String,
     sessions: String,
     generation: String,
+    /// Pub/sub channel of `watch` and `notify`.
+    changes: String,
 }
 
 /// A lease as stored (after its version).
@@ -306,11 +317,13 @@ impl RedisStore {
             other => StoreError::Backend(format!("cannot connect to {shown}: {other}")),
         };
         let tls = url.starts_with("rediss+cluster://");
-        let conn = if tls || url.starts_with("redis+cluster://") {
+        let bad_url = |e: RedisError| StoreError::Backend(format!("bad redis URL {shown}: {e}"));
+        let (conn, pubsub) = if tls || url.starts_with("redis+cluster://") {
             let nodes = cluster_nodes(&url, tls);
             if nodes.is_empty() {
                 return Err(StoreError::Backend(format!("redis cluster URL {shown} names no host:port")));
             }
+            let pubsub = redis::Client::open(nodes[0].as_str()).map_err(bad_url)?;
             let client = ClusterClientBuilder::new(nodes)
                 .connection_timeout(Duration::from_secs(5))
                 .response_timeout(Duration::from_secs(10))
@@ -329,17 +342,17 @@ impl RedisStore {
                         StoreError::Unavailable(format!("cannot connect to {shown}: {msg}"))
                     }
                 })?;
-            Conn::Cluster(conn)
+            (Conn::Cluster(conn), pubsub)
         } else {
-            let client = redis::Client::open(url.as_str())
-                .map_err(|e| StoreError::Backend(format!("bad redis URL {shown}: {e}")))?;
+            let client = redis::Client::open(url.as_str()).map_err(bad_url)?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(Duration::from_secs(5)))
                 .set_response_timeout(Some(Duration::from_secs(10)))
                 .set_number_of_retries(3);
-            Conn::Single(ConnectionManager::new_with_config(client, config).await.map_err(connect_failed)?)
+            let pubsub = client.clone();
+            (Conn::Single(ConnectionManager::new_with_config(client, config).await.map_err(connect_failed)?), pubsub)
         };
-        Ok(Self { conn, prefix, scripts: Scripts::new() })
+        Ok(Self { conn, pubsub, shown, prefix, scripts: Scripts::new() })
     }
 
     fn keys(&self, group: &GroupKey) -> Keys {
@@ -348,6 +361,7 @@ impl RedisStore {
             leases: format!("{base}:leases"),
             sessions: format!("{base}:sessions"),
             generation: format!("{base}:generation"),
+            changes: format!("{base}:changes"),
         }
     }
 
@@ -466,6 +480,41 @@ impl LeaseStore for RedisStore {
 
     async fn ping(&self) -> StoreResult<()> {
         redis::cmd("PING").query_async::<()>(&mut self.conn()).await.map_err(redis_err)
+    }
+
+    /// Subscribes to the group's channel on its own connection. Yields once when the
+    /// subscription is in place (changes before it may have been missed), then on every
+    /// `notify`; ends when the subscription is lost (callers keep polling meanwhile).
+    fn watch(&self, group: &GroupKey) -> Option<BoxStream<'static, ()>> {
+        let (client, channel, shown) = (self.pubsub.clone(), self.keys(group).changes, self.shown.clone());
+        let subscribed = async move {
+            let subscribe = async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                Ok::<_, RedisError>(pubsub)
+            };
+            match tokio::time::timeout(WATCH_CONNECT_TIMEOUT, subscribe).await {
+                Ok(Ok(pubsub)) => stream::once(async {}).chain(pubsub.into_on_message().map(|_| ())).boxed(),
+                Ok(Err(e)) => {
+                    tracing::warn!("cannot watch redis {shown}: {e}");
+                    stream::empty().boxed()
+                }
+                Err(_) => {
+                    tracing::warn!("cannot watch redis {shown}: no subscription within {WATCH_CONNECT_TIMEOUT:?}");
+                    stream::empty().boxed()
+                }
+            }
+        };
+        Some(stream::once(subscribed).flatten().boxed())
+    }
+
+    async fn notify(&self, group: &GroupKey) -> StoreResult<()> {
+        redis::cmd("PUBLISH")
+            .arg(self.keys(group).changes)
+            .arg("")
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(redis_err)
     }
 }
 
