@@ -32,3 +32,31 @@ if ! psql -h 127.0.0.1 -U postgres -d test -c 'select 1' >/dev/null 2>&1; then
   psql -h 127.0.0.1 -U postgres -c 'CREATE DATABASE test' >/dev/null 2>&1 \
     || su postgres -c "psql -c 'CREATE DATABASE test'" >/dev/null
 fi
+
+# A local three-master Redis Cluster (127.0.0.1:7301-7303, no persistence) for the store
+# tests of `redis+cluster://`. Started only if a node is not answering; bounded waits.
+CLUSTER_PORTS="7301 7302 7303"
+CLUSTER_DIR=${REDIS_CLUSTER_DIR:-/tmp/redis-cluster-kb}
+cluster_ok() { redis-cli -p 7301 cluster info 2>/dev/null | grep -q '^cluster_state:ok'; }
+if ! cluster_ok; then
+  command -v redis-server >/dev/null || apt_install redis-server
+  for p in $CLUSTER_PORTS; do
+    port_open "$p" && continue
+    rm -rf "$CLUSTER_DIR/$p" && mkdir -p "$CLUSTER_DIR/$p"
+    redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes \
+      --cluster-config-file "$CLUSTER_DIR/$p/nodes.conf" --dir "$CLUSTER_DIR/$p" \
+      --save "" --appendonly no --daemonize yes --logfile "$CLUSTER_DIR/$p/redis.log"
+  done
+  for p in $CLUSTER_PORTS; do
+    for _ in $(seq 1 50); do port_open "$p" && break; sleep 0.1; done
+    port_open "$p" || { echo "Redis Cluster node $p did not start" >&2; exit 1; }
+  done
+  # Nodes that know no slots yet: form the cluster (a no-op error if already formed).
+  if redis-cli -p 7301 cluster info | grep -q '^cluster_slots_assigned:0'; then
+    redis-cli --cluster create 127.0.0.1:7301 127.0.0.1:7302 127.0.0.1:7303 \
+      --cluster-replicas 0 --cluster-yes >/dev/null
+  fi
+  for _ in $(seq 1 100); do cluster_ok && break; sleep 0.1; done
+  cluster_ok || { echo "Redis Cluster on 7301-7303 is not ok" >&2; exit 1; }
+  echo "started Redis Cluster (7301-7303)"
+fi

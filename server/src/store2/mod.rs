@@ -7,12 +7,16 @@
 //! on a conflict). Liveness is judged per session by observed change of its heartbeat on the
 //! observer's own monotonic clock ([`Liveness`]); no wall clock is stored or compared.
 //!
-//! Backends: [`memory`] (the in-memory reference); [`open`] picks one by URL.
+//! Backends: [`memory`] (the in-memory reference), [`sqlite`] (the embedded default),
+//! [`redis`] (standalone and Cluster) and [`postgres`]. [`open`] picks one by URL.
 
 pub mod leases;
 pub mod liveness;
 pub mod memory;
+pub mod postgres;
+pub mod redis;
 pub mod rules;
+pub mod sqlite;
 
 use std::sync::Arc;
 
@@ -319,7 +323,12 @@ pub(crate) fn take_query_param(url: &str, name: &str) -> (String, Option<String>
 pub async fn open(url: &str) -> StoreResult<Arc<dyn LeaseStore>> {
     if url == "memory://" {
         Ok(Arc::new(MemoryStore::new()))
-    // MILESTONE1-BACKENDS
+    } else if let Some(path) = url.strip_prefix("sqlite://") {
+        Ok(Arc::new(sqlite::SqliteStore::open(path).await?))
+    } else if ["redis://", "rediss://", "redis+cluster://", "rediss+cluster://"].iter().any(|p| url.starts_with(p)) {
+        Ok(Arc::new(redis::RedisStore::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PostgresStore::open(url).await?))
     } else {
         Err(StoreError::Backend(format!(
             "unsupported store URL {:?}: use sqlite://PATH, redis://HOST, rediss://HOST, \

@@ -1,0 +1,549 @@
+//! PostgreSQL store: `postgres://…` / `postgresql://…`.
+//!
+//! Tables `kb_leases_v2`, `kb_sessions_v2` and `kb_lease_generations_v2` live in the schema
+//! named by the URL's optional `schema=…` query parameter (default `public`) and are created
+//! on open. Every call is one statement; no lease rule lives here: writes are
+//! compare-and-set on the row's `version` (the contract of [`LeaseStore`]). A few
+//! connections are kept; one that died is reopened on the next call.
+//!
+//! TLS: `sslmode=require` connects over TLS (rustls) and verifies the server certificate
+//! against the system roots, or against the PEM file named by `sslrootcert=PATH`.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::{self, BoxStream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::{Client, Config, NoTls, Row, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::{
+    take_query_param, Checkpoint, GroupKey, Lease, LeaseStore, LeaseWrite, SessionRecord, StoreError, StoreResult,
+    Versioned,
+};
+use crate::redact::redact_url;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS kb_leases_v2 (
+    app TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    shard_id TEXT COLLATE "C" NOT NULL,
+    version BIGINT NOT NULL,
+    owner TEXT,
+    epoch BIGINT NOT NULL,
+    checkpoint TEXT NOT NULL,
+    sub_sequence BIGINT NOT NULL,
+    parents TEXT[] NOT NULL,
+    closed BOOLEAN NOT NULL,
+    handoff_to TEXT,
+    PRIMARY KEY (app, stream, shard_id)
+);
+CREATE TABLE IF NOT EXISTS kb_sessions_v2 (
+    app TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    session_id TEXT COLLATE "C" NOT NULL,
+    version BIGINT NOT NULL,
+    heartbeat BIGINT NOT NULL,
+    instance_id TEXT NOT NULL,
+    client_name TEXT NOT NULL,
+    PRIMARY KEY (app, stream, session_id)
+);
+CREATE TABLE IF NOT EXISTS kb_lease_generations_v2 (
+    app TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    generation BIGINT NOT NULL,
+    PRIMARY KEY (app, stream)
+);
+"#;
+
+/// One statement for a batch of lease writes. Mirrors the compare-and-set of
+/// `LeaseStore::write_leases`: a write with no expected version inserts only if the row is
+/// absent, any other updates only at that version; the generation moves if any was stored.
+const WRITE_LEASES: &str = r#"
+WITH w AS (
+    SELECT * FROM unnest($3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::text[], $8::bigint[],
+                         $9::text[], $10::bool[], $11::text[])
+        AS w(shard_id, expected, owner, epoch, checkpoint, sub_sequence, parents, closed, handoff_to)
+), inserted AS (
+    INSERT INTO kb_leases_v2 (app, stream, shard_id, version, owner, epoch, checkpoint, sub_sequence, parents,
+                              closed, handoff_to)
+    SELECT $1, $2, w.shard_id, 1, w.owner, w.epoch, w.checkpoint, w.sub_sequence,
+           string_to_array(w.parents, ','), w.closed, w.handoff_to
+    FROM w WHERE w.expected IS NULL
+    ON CONFLICT DO NOTHING
+    RETURNING shard_id, version
+), updated AS (
+    UPDATE kb_leases_v2 l SET version = l.version + 1, owner = w.owner, epoch = w.epoch,
+        checkpoint = w.checkpoint, sub_sequence = w.sub_sequence, parents = string_to_array(w.parents, ','),
+        closed = w.closed, handoff_to = w.handoff_to
+    FROM w
+    WHERE l.app = $1 AND l.stream = $2 AND l.shard_id = w.shard_id AND l.version = w.expected
+    RETURNING l.shard_id, l.version
+), generation AS (
+    INSERT INTO kb_lease_generations_v2 (app, stream, generation)
+    SELECT $1, $2, 1 WHERE EXISTS (SELECT 1 FROM inserted) OR EXISTS (SELECT 1 FROM updated)
+    ON CONFLICT (app, stream) DO UPDATE SET generation = kb_lease_generations_v2.generation + 1
+)
+SELECT shard_id, version FROM inserted UNION ALL SELECT shard_id, version FROM updated
+"#;
+
+/// The LISTEN/NOTIFY channel of `watch` and `notify`; the payload names schema and group.
+const CHANGES_CHANNEL: &str = "kb_v2_changes";
+/// Bound on opening the connection of `watch`.
+const WATCH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections kept open per store.
+const POOL_SIZE: usize = 4;
+/// Bound on one operation (including a reconnect).
+const OP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Session settings: bounded statements, and no lock kept by a stalled transaction.
+const SESSION_SETTINGS: &str = "SET statement_timeout = '10s'; SET idle_in_transaction_session_timeout = '20s';";
+
+/// A lease store in a PostgreSQL database.
+pub struct PostgresStore {
+    config: Config,
+    /// Quoted schema name, if not the default.
+    schema: Option<String>,
+    shown_url: String,
+    /// The TLS connector with `sslmode=require`.
+    tls: Option<MakeRustlsConnect>,
+    slots: Vec<Mutex<Option<Connection>>>,
+    next: AtomicUsize,
+}
+
+/// A pooled connection and the statements prepared on it (each statement is parsed once
+/// per connection, so a call is one round trip).
+struct Connection {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+/// Failure inside an operation: a driver error (classified later) or a store error.
+enum Fail {
+    Pg(tokio_postgres::Error),
+    Store(StoreError),
+}
+
+impl From<tokio_postgres::Error> for Fail {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Fail::Pg(e)
+    }
+}
+
+impl From<StoreError> for Fail {
+    fn from(e: StoreError) -> Self {
+        Fail::Store(e)
+    }
+}
+
+type OpResult<T> = Result<T, Fail>;
+
+fn pg_error(e: &tokio_postgres::Error) -> StoreError {
+    // Connection, resources, timeouts and shutdown, deadlock or serialization: worth a retry.
+    let unavailable = match e.code() {
+        Some(code) => ["08", "53", "57", "40"].iter().any(|class| code.code().starts_with(class)),
+        None => e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
+    };
+    if unavailable {
+        StoreError::Unavailable(format!("postgres: {e}"))
+    } else {
+        StoreError::Backend(format!("postgres: {e}"))
+    }
+}
+
+/// Drives a `watch` connection, forwarding the notifications with `payload` to `tx` until
+/// the connection ends or nobody listens any more.
+async fn forward_notifications<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    payload: String,
+    tx: tokio::sync::mpsc::UnboundedSender<()>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut messages = stream::poll_fn(move |cx| connection.poll_message(cx));
+    while let Some(Ok(message)) = messages.next().await {
+        if let tokio_postgres::AsyncMessage::Notification(n) = message {
+            if n.payload() == payload && tx.send(()).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// A new connection that LISTENs for the changes of one group; its notifications with
+/// `payload` go to the returned receiver while the returned client is kept.
+async fn listen(
+    config: Config,
+    tls: Option<MakeRustlsConnect>,
+    payload: String,
+) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<()>), tokio_postgres::Error> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let client = match tls {
+        Some(tls) => {
+            let (client, connection) = config.connect(tls).await?;
+            tokio::spawn(forward_notifications(connection, payload, tx));
+            client
+        }
+        None => {
+            let (client, connection) = config.connect(NoTls).await?;
+            tokio::spawn(forward_notifications(connection, payload, tx));
+            client
+        }
+    };
+    client.batch_execute(&format!("LISTEN {CHANGES_CHANNEL}")).await?;
+    Ok((client, rx))
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn lease_from_row(row: &Row) -> StoreResult<Versioned<Lease>> {
+    let value = Lease {
+        shard_id: row.get(1),
+        owner: row.get(2),
+        epoch: row.get::<_, i64>(3) as u64,
+        checkpoint: Checkpoint::from_stored(row.get(4), row.get::<_, i64>(5) as u64)?,
+        parent_shard_ids: row.get(6),
+        closed: row.get(7),
+        handoff_to: row.get(8),
+    };
+    Ok(Versioned { version: row.get::<_, i64>(0) as u64, value })
+}
+
+fn session_from_row(row: &Row) -> Versioned<SessionRecord> {
+    Versioned {
+        version: row.get::<_, i64>(0) as u64,
+        value: SessionRecord {
+            session_id: row.get(1),
+            instance_id: row.get(2),
+            client_name: row.get(3),
+            heartbeat: row.get::<_, i64>(4) as u64,
+        },
+    }
+}
+
+/// rustls settings for `sslmode=require`: the system roots, or the certificates of the
+/// PEM file `root_cert`.
+fn tls_config(root_cert: Option<&str>) -> StoreResult<rustls::ClientConfig> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let bad = |m: String| StoreError::Backend(format!("postgres TLS: {m}"));
+    let mut roots = rustls::RootCertStore::empty();
+    match root_cert {
+        Some(path) => {
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(format!("sslrootcert {path}: {e}")))? {
+                roots
+                    .add(cert.map_err(|e| bad(format!("sslrootcert {path}: {e}")))?)
+                    .map_err(|e| bad(e.to_string()))?;
+            }
+        }
+        None => {
+            let (added, _) = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            if added == 0 {
+                return Err(bad("no system root certificates found; name a CA file with sslrootcert=PATH".into()));
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+impl PostgresStore {
+    /// Connects to `postgres://…` / `postgresql://…` and creates the tables if needed. An
+    /// optional query parameter `schema=…` selects (and creates) the schema.
+    pub async fn open(url: &str) -> StoreResult<Self> {
+        let (url, schema) = take_query_param(url, "schema");
+        let (url, root_cert) = take_query_param(&url, "sslrootcert");
+        let shown_url = redact_url(&url);
+        let mut config: Config =
+            url.parse().map_err(|e| StoreError::Backend(format!("bad postgres URL {shown_url}: {e}")))?;
+        let tls = match config.get_ssl_mode() {
+            SslMode::Require => Some(MakeRustlsConnect::new(tls_config(root_cert.as_deref())?)),
+            _ if root_cert.is_some() => {
+                return Err(StoreError::Backend(format!(
+                    "postgres store {shown_url}: sslrootcert needs sslmode=require"
+                )))
+            }
+            _ => None,
+        };
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        config.application_name("kinesis-butler");
+        let store = Self {
+            config,
+            schema: schema.filter(|s| !s.is_empty()).map(|s| quote_ident(&s)),
+            shown_url,
+            tls,
+            slots: (0..POOL_SIZE).map(|_| Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+        };
+        let create_schema = store.schema.as_ref().map(|s| format!("CREATE SCHEMA IF NOT EXISTS {s};"));
+        store
+            .timed(async {
+                let mut c = store.client().await?;
+                let tx = c.client.transaction().await?;
+                // Serializes concurrent first starts: CREATE … IF NOT EXISTS can race.
+                tx.execute("SELECT pg_advisory_xact_lock(4242674242)", &[]).await?;
+                tx.batch_execute(&format!("{}{SCHEMA}", create_schema.as_deref().unwrap_or_default())).await?;
+                Ok(tx.commit().await?)
+            })
+            .await?;
+        Ok(store)
+    }
+
+    async fn connect(&self) -> StoreResult<Client> {
+        let on_err = |e: tokio_postgres::Error| {
+            // The driver's message alone hides the cause ("error performing TLS handshake").
+            let mut msg = format!("cannot connect to {}: {e}", self.shown_url);
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                msg.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            if e.as_db_error().is_some() {
+                StoreError::Backend(msg)
+            } else {
+                StoreError::Unavailable(msg)
+            }
+        };
+        let closed = |e: tokio_postgres::Error| tracing::warn!("postgres lease store connection closed: {e}");
+        let client = match &self.tls {
+            Some(tls) => {
+                let (client, connection) = self.config.connect(tls.clone()).await.map_err(on_err)?;
+                tokio::spawn(async move { connection.await.unwrap_or_else(closed) });
+                client
+            }
+            None => {
+                let (client, connection) = self.config.connect(NoTls).await.map_err(on_err)?;
+                tokio::spawn(async move { connection.await.unwrap_or_else(closed) });
+                client
+            }
+        };
+        let search_path = self.schema.as_ref().map(|s| format!("SET search_path TO {s};"));
+        client
+            .batch_execute(&format!("{SESSION_SETTINGS}{}", search_path.unwrap_or_default()))
+            .await
+            .map_err(on_err)?;
+        Ok(client)
+    }
+
+    /// A live connection for one operation: an idle pooled one if any, else the next one
+    /// to be free; reopened if it died.
+    async fn client(&self) -> StoreResult<MappedMutexGuard<'_, Connection>> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let idle = (0..POOL_SIZE).find_map(|i| self.slots[(start + i) % POOL_SIZE].try_lock().ok());
+        let mut slot = match idle {
+            Some(slot) => slot,
+            None => self.slots[start % POOL_SIZE].lock().await,
+        };
+        if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
+            *slot = Some(Connection { client: self.connect().await?, statements: HashMap::new() });
+        }
+        Ok(MutexGuard::map(slot, |c| c.as_mut().expect("connected above")))
+    }
+
+    /// Runs one operation with a time bound.
+    async fn timed<T>(&self, op: impl Future<Output = OpResult<T>>) -> StoreResult<T> {
+        match tokio::time::timeout(OP_TIMEOUT, op).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(Fail::Pg(e))) => Err(pg_error(&e)),
+            Ok(Err(Fail::Store(e))) => Err(e),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "postgres {} did not answer within {OP_TIMEOUT:?}",
+                self.shown_url
+            ))),
+        }
+    }
+
+    /// The notification payload for `group` (schema included: channels are per database).
+    fn change_payload(&self, group: &GroupKey) -> String {
+        let schema = self.schema.as_deref().unwrap_or("public");
+        format!("{schema}:{}:{}:{}", group.app.len(), group.app, group.stream)
+    }
+
+    /// Runs one statement (prepared once per connection) and returns its rows.
+    async fn query(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> StoreResult<Vec<Row>> {
+        self.timed(async {
+            let mut conn = self.client().await?;
+            let statement = match conn.statements.get(sql) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = conn.client.prepare(sql).await?;
+                    conn.statements.insert(sql, s.clone());
+                    s
+                }
+            };
+            Ok(conn.client.query(&statement, params).await?)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl LeaseStore for PostgresStore {
+    async fn read_leases(&self, group: &GroupKey) -> StoreResult<Vec<Versioned<Lease>>> {
+        let sql = concat!(
+            "SELECT version, shard_id, owner, epoch, checkpoint, sub_sequence, parents, closed, handoff_to",
+            " FROM kb_leases_v2 WHERE app = $1 AND stream = $2 ORDER BY shard_id"
+        );
+        self.query(sql, &[&group.app, &group.stream]).await?.iter().map(lease_from_row).collect()
+    }
+
+    async fn read_lease(&self, group: &GroupKey, shard_id: &str) -> StoreResult<Option<Versioned<Lease>>> {
+        let sql = concat!(
+            "SELECT version, shard_id, owner, epoch, checkpoint, sub_sequence, parents, closed, handoff_to",
+            " FROM kb_leases_v2 WHERE app = $1 AND stream = $2 AND shard_id = $3"
+        );
+        self.query(sql, &[&group.app, &group.stream, &shard_id]).await?.first().map(lease_from_row).transpose()
+    }
+
+    async fn write_leases(&self, group: &GroupKey, writes: &[LeaseWrite]) -> StoreResult<Vec<Option<u64>>> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ls = || writes.iter().map(|w| &w.lease);
+        let shards: Vec<&str> = ls().map(|l| l.shard_id.as_str()).collect();
+        let expected: Vec<Option<i64>> = writes.iter().map(|w| w.expected.map(|v| v as i64)).collect();
+        let owners: Vec<Option<&str>> = ls().map(|l| l.owner.as_deref()).collect();
+        let epochs: Vec<i64> = ls().map(|l| l.epoch as i64).collect();
+        let checkpoints: Vec<&str> = ls().map(|l| l.checkpoint.as_text()).collect();
+        let subs: Vec<i64> = ls().map(|l| l.checkpoint.sub_sequence() as i64).collect();
+        let parents: Vec<String> = ls().map(|l| l.parent_shard_ids.join(",")).collect();
+        let closed: Vec<bool> = ls().map(|l| l.closed).collect();
+        let handoffs: Vec<Option<&str>> = ls().map(|l| l.handoff_to.as_deref()).collect();
+        let rows = self
+            .query(
+                WRITE_LEASES,
+                &[
+                    &group.app,
+                    &group.stream,
+                    &shards,
+                    &expected,
+                    &owners,
+                    &epochs,
+                    &checkpoints,
+                    &subs,
+                    &parents,
+                    &closed,
+                    &handoffs,
+                ],
+            )
+            .await?;
+        let stored: std::collections::HashMap<String, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        Ok(shards.iter().map(|s| stored.get(*s).map(|v| *v as u64)).collect())
+    }
+
+    async fn lease_generation(&self, group: &GroupKey) -> StoreResult<u64> {
+        let sql = "SELECT generation FROM kb_lease_generations_v2 WHERE app = $1 AND stream = $2";
+        Ok(self.query(sql, &[&group.app, &group.stream]).await?.first().map_or(0, |r| r.get::<_, i64>(0) as u64))
+    }
+
+    async fn read_sessions(&self, group: &GroupKey) -> StoreResult<Vec<Versioned<SessionRecord>>> {
+        let sql = "SELECT version, session_id, instance_id, client_name, heartbeat FROM kb_sessions_v2
+                   WHERE app = $1 AND stream = $2 ORDER BY session_id";
+        Ok(self.query(sql, &[&group.app, &group.stream]).await?.iter().map(session_from_row).collect())
+    }
+
+    async fn write_session(
+        &self,
+        group: &GroupKey,
+        session: &SessionRecord,
+        expected: Option<u64>,
+    ) -> StoreResult<Option<u64>> {
+        // Mirrors the compare-and-set of `LeaseStore::write_session`.
+        let s = session;
+        let hb = s.heartbeat as i64;
+        let rows = match expected {
+            None => {
+                let sql = "INSERT INTO kb_sessions_v2 (app, stream, session_id, version, heartbeat, instance_id,
+                               client_name)
+                           VALUES ($1, $2, $3, 1, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING version";
+                self.query(sql, &[&group.app, &group.stream, &s.session_id, &hb, &s.instance_id, &s.client_name])
+                    .await?
+            }
+            Some(v) => {
+                let sql = "UPDATE kb_sessions_v2 SET version = version + 1, heartbeat = $4, instance_id = $5,
+                               client_name = $6
+                           WHERE app = $1 AND stream = $2 AND session_id = $3 AND version = $7 RETURNING version";
+                let v = v as i64;
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+                    [&group.app, &group.stream, &s.session_id, &hb, &s.instance_id, &s.client_name, &v];
+                self.query(sql, &params).await?
+            }
+        };
+        Ok(rows.first().map(|r| r.get::<_, i64>(0) as u64))
+    }
+
+    async fn beat_sessions(&self, group: &GroupKey, session_ids: &[String]) -> StoreResult<Vec<String>> {
+        if session_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = "UPDATE kb_sessions_v2 SET version = version + 1, heartbeat = heartbeat + 1
+                   WHERE app = $1 AND stream = $2 AND session_id = ANY($3) RETURNING session_id";
+        let rows = self.query(sql, &[&group.app, &group.stream, &session_ids]).await?;
+        let beaten: HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+        Ok(session_ids.iter().filter(|id| !beaten.contains(*id)).cloned().collect())
+    }
+
+    async fn delete_session(&self, group: &GroupKey, session_id: &str, expected: Option<u64>) -> StoreResult<bool> {
+        // Mirrors the conditional delete of `LeaseStore::delete_session`.
+        let sql = "DELETE FROM kb_sessions_v2 WHERE app = $1 AND stream = $2 AND session_id = $3
+                       AND ($4::bigint IS NULL OR version = $4) RETURNING 1";
+        let expected = expected.map(|v| v as i64);
+        Ok(!self.query(sql, &[&group.app, &group.stream, &session_id, &expected]).await?.is_empty())
+    }
+
+    /// LISTENs on its own connection. Yields once when listening (changes before it may
+    /// have been missed), then on every `notify` of the group; ends when the connection is
+    /// lost (callers keep polling meanwhile).
+    fn watch(&self, group: &GroupKey) -> Option<BoxStream<'static, ()>> {
+        let listening = listen(self.config.clone(), self.tls.clone(), self.change_payload(group));
+        let shown = self.shown_url.clone();
+        let listening = async move {
+            match tokio::time::timeout(WATCH_CONNECT_TIMEOUT, listening).await {
+                Ok(Ok((client, rx))) => {
+                    let changes = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(move |()| {
+                        // The client lives as long as the stream: dropping it ends the LISTEN.
+                        let _ = &client;
+                    });
+                    stream::once(async {}).chain(changes).boxed()
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!("cannot watch postgres {shown}: {e}");
+                    stream::empty().boxed()
+                }
+                Err(_) => {
+                    tracing::warn!("cannot watch postgres {shown}: not listening within {WATCH_CONNECT_TIMEOUT:?}");
+                    stream::empty().boxed()
+                }
+            }
+        };
+        Some(stream::once(listening).flatten().boxed())
+    }
+
+    async fn notify(&self, group: &GroupKey) -> StoreResult<()> {
+        let payload = self.change_payload(group);
+        self.query("SELECT pg_notify($1, $2)", &[&CHANGES_CHANNEL, &payload]).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.timed(async { Ok(self.client().await?.client.batch_execute("SELECT 1").await?) }).await
+    }
+}
