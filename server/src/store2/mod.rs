@@ -5,13 +5,12 @@
 //! It offers only reads and versioned compare-and-set writes; the lease rules are the pure
 //! functions of [`rules`], applied by the one driver [`Leases`] (read → rule → CAS, retried
 //! on a conflict). Liveness is judged per session by observed change of its heartbeat on the
-//! observer's own monotonic clock ([`Liveness`]); no wall clock is stored or compared.
+//! observer's own monotonic clock (`coordination::liveness`); no wall clock is stored or compared.
 //!
 //! Backends: [`memory`] (the in-memory reference), [`sqlite`] (the embedded default),
 //! [`redis`] (standalone and Cluster) and [`postgres`]. [`open`] picks one by URL.
 
 pub mod leases;
-pub mod liveness;
 pub mod memory;
 pub mod postgres;
 pub mod redis;
@@ -25,7 +24,6 @@ use async_trait::async_trait;
 use crate::seqnum::SequenceNumber;
 
 pub use leases::Leases;
-pub use liveness::Liveness;
 pub use memory::MemoryStore;
 
 /// The text stored for a shard that was processed to its end.
@@ -129,7 +127,7 @@ pub struct Versioned<T> {
 }
 
 /// The right of one session to read one shard for one app. It is held while its owner is
-/// alive (see [`Liveness`]); there is no expiry time.
+/// alive (judged by `coordination::liveness`); there is no expiry time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
     /// Shard id.
