@@ -41,6 +41,9 @@ pub(crate) struct Butler {
     settings: ButlerSettings,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     groups: Mutex<HashMap<GroupKey, Arc<Group>>>,
+    /// When each group's shards were first listed by an opening session: concurrent
+    /// openers of a new group wait for one listing instead of making their own.
+    listed: Mutex<HashMap<GroupKey, Arc<tokio::sync::OnceCell<tokio::time::Instant>>>>,
     shutdown: CancellationToken,
 }
 
@@ -69,6 +72,7 @@ impl Butler {
             settings,
             sessions: Mutex::default(),
             groups: Mutex::default(),
+            listed: Mutex::default(),
             shutdown: CancellationToken::new(),
         })
     }
@@ -125,12 +129,17 @@ impl Butler {
         // Only streams this instance has no group for yet are listed now (which also
         // tells a missing stream at once); a known group's periodic shard sync finds new
         // shards, so a session joining a busy stream makes no Kinesis call.
-        let unknown: Vec<String> = {
-            let groups = self.groups.lock().expect("groups");
-            req.streams.iter().filter(|s| !groups.contains_key(&GroupKey::new(&req.app, s.as_str()))).cloned().collect()
-        };
-        if !unknown.is_empty() {
-            self.initialize(&req.app, &unknown).await?;
+        for stream in &req.streams {
+            let key = GroupKey::new(&req.app, stream);
+            if self.groups.lock().expect("groups").contains_key(&key) {
+                continue;
+            }
+            let cell = self.listed.lock().expect("listed").entry(key).or_default().clone();
+            cell.get_or_try_init(|| async {
+                self.initialize(&req.app, std::slice::from_ref(stream)).await?;
+                Ok::<_, ButlerError>(tokio::time::Instant::now())
+            })
+            .await?;
         }
 
         let (tx, rx) = mpsc::channel(self.settings.session_buffer.max(2));
@@ -193,8 +202,10 @@ impl Butler {
         if let Some(g) = groups.get(&key) {
             return g.clone();
         }
+        let listed = self.listed.lock().expect("listed").get(&key).and_then(|c| c.get().copied());
         let group = Arc::new(Group::new(
             key.clone(),
+            listed,
             self.leases.clone(),
             self.kinesis.clone(),
             self.instance_id.clone(),

@@ -66,8 +66,9 @@ struct GroupState {
     liveness: Liveness,
     /// Leases as last read, with the generation they were read at.
     leases: Option<(u64, Vec<Versioned<Lease>>)>,
-    /// Session records as last read.
+    /// Session records as last read, and when that read began and ended.
     records: Vec<Versioned<SessionRecord>>,
+    records_read: Option<(Instant, Instant)>,
     /// When this instance last renewed its sessions.
     last_renewed: Option<Instant>,
 }
@@ -89,8 +90,10 @@ pub(crate) struct Group {
 
 impl Group {
     /// A group with no sessions yet; `run` drives it.
+    /// `listed`: when the stream's shards were last synced into leases, if they were.
     pub(crate) fn new(
         key: GroupKey,
+        listed: Option<Instant>,
         leases: Leases,
         source: Source,
         instance_id: String,
@@ -106,10 +109,11 @@ impl Group {
             state: Mutex::new(GroupState {
                 sessions: HashMap::new(),
                 readers: HashMap::new(),
-                last_shard_sync: None,
+                last_shard_sync: listed,
                 liveness,
                 leases: None,
                 records: Vec::new(),
+                records_read: None,
                 last_renewed: None,
             }),
             wake: Notify::new(),
@@ -226,6 +230,9 @@ impl Group {
     /// also run at once on a local join, leave or release, and when another instance
     /// announces a change through the store (where the store can push).
     pub(crate) async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let beating = shutdown.child_token();
+        let _stop_beating = beating.clone().drop_guard();
+        tokio::spawn(self.clone().beat_loop(beating));
         let mut watch = self.leases.store().watch(&self.key);
         loop {
             if self.is_empty() {
@@ -279,14 +286,37 @@ impl Group {
         self.released.notify_waiters();
     }
 
-    async fn round(&self) -> Result<(), ButlerError> {
+    /// Renews this instance's sessions every third of the lease TTL (at most every
+    /// balance interval), apart from the rounds: a round that waits on a slow store or
+    /// Kinesis must not make the sessions look dead to other instances.
+    async fn beat_loop(self: Arc<Self>, stop: CancellationToken) {
+        let every = (self.settings.lease_ttl / 3).min(self.settings.balance_interval).max(Duration::from_millis(10));
+        loop {
+            if let Err(e) = self.beat().await {
+                metrics::counter!(m::STORE_ERRORS, "op" => "beat").increment(1);
+                warn!(app = %self.key.app, stream = %self.key.stream, error = %e, "renewing the sessions failed");
+                self.fence_if_stale();
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    /// One renewal of every local session (one store call); sessions whose record is
+    /// gone (deleted while this instance could not reach the store) are registered again.
+    async fn beat(&self) -> Result<(), ButlerError> {
         let key = &self.key;
         let local: Vec<(String, String)> =
             self.state().sessions.values().map(|s| (s.id.clone(), s.client_name.clone())).collect();
+        if local.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
         let ids: Vec<String> = local.iter().map(|(id, _)| id.clone()).collect();
         let missing = self.leases.beat(key, &ids).await?;
         for (id, client_name) in local.iter().filter(|(id, _)| missing.contains(id)) {
-            // Deleted while this instance could not reach the store: register it again.
             let record = SessionRecord {
                 session_id: id.clone(),
                 instance_id: self.instance_id.clone(),
@@ -295,8 +325,13 @@ impl Group {
             };
             self.leases.put_session(key, &record).await?;
         }
-        self.state().last_renewed = Some(Instant::now());
+        // Renewed as of when the call was sent: the conservative end for self-fencing.
+        self.state().last_renewed = Some(started);
+        Ok(())
+    }
 
+    async fn round(&self) -> Result<(), ButlerError> {
+        let key = &self.key;
         let sync_due = self.state().last_shard_sync.is_none_or(|t| t.elapsed() >= self.settings.shard_sync_interval);
         if sync_due {
             match self.source.list_shards(&key.stream).await {
@@ -310,10 +345,12 @@ impl Group {
             }
         }
 
+        let read_at = Instant::now();
         let records = self.leases.sessions(key).await?;
         let stale = {
             let mut state = self.state();
             state.records = records;
+            state.records_read = Some((read_at, Instant::now()));
             state.liveness.stale(Instant::now(), SESSION_RECORD_RETENTION)
         };
         for (id, version) in stale {
@@ -357,11 +394,14 @@ impl Group {
         let now = Instant::now();
         // Sessions are read before leases, so every owner a lease names had its record
         // written before this read of the leases; one not seen yet gets a whole TTL.
+        // A change counts from the end of the read that showed it, and liveness is
+        // judged as of the read's start: both err towards alive.
+        let (read_at, read_done) = state.records_read.unwrap_or((now, now));
         let referenced = leases.iter().flat_map(|l| l.value.owner.iter().chain(l.value.handoff_to.iter()));
-        state.liveness.observe(&state.records, referenced.map(String::as_str), now);
+        state.liveness.observe(&state.records, referenced.map(String::as_str), read_done);
         let local: Vec<String> = state.sessions.keys().cloned().collect();
         let mut live: HashSet<String> = local.iter().cloned().collect();
-        live.extend(state.liveness.alive(now).cloned());
+        live.extend(state.liveness.alive(read_at).cloned());
         let readers: BTreeMap<String, ReaderView> = state
             .readers
             .iter()
@@ -566,7 +606,7 @@ mod tests {
             idle_interval: Duration::from_millis(200),
             fanout: None,
         };
-        let group = Arc::new(Group::new(key.clone(), leases.clone(), source.clone(), "i1".into(), settings));
+        let group = Arc::new(Group::new(key.clone(), None, leases.clone(), source.clone(), "i1".into(), settings));
         let (tx, events) = mpsc::channel(64);
         let session = Arc::new(Session {
             id: "s1".into(),
