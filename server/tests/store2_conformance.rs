@@ -560,41 +560,29 @@ async fn notify_wakes_another_handles_watch(a: store2_common::Backend, b: store2
     a.cleanup.run().await;
 }
 
+/// Opens a backend and a second handle on the same data (`url_for` makes its URL from the
+/// first one's prefix or schema), and runs the watch test on the two.
+async fn watch_test(open: impl std::future::Future<Output = Backend>, url_for: impl Fn(&str) -> String) {
+    let a = tokio::time::timeout(OPEN_TIMEOUT, open).await.expect("opened in time");
+    let (Cleanup::Redis(name) | Cleanup::RedisCluster(name) | Cleanup::Postgres(name)) = &a.cleanup else {
+        unreachable!("a backend with a server")
+    };
+    let b = store2::open(&url_for(name)).await.expect("a second handle");
+    let test = notify_wakes_another_handles_watch(a, Backend { store: b, cleanup: Cleanup::Nothing });
+    tokio::time::timeout(TEST_TIMEOUT, test).await.expect("in time");
+}
+
 #[tokio::test]
 async fn redis_notify_wakes_a_watch() {
-    let a = store2_common::open_redis().await;
-    let Cleanup::Redis(prefix) = &a.cleanup else { unreachable!() };
-    let b = store2::open(&format!("{}?prefix={prefix}", store2_common::REDIS_URL)).await.unwrap();
-    tokio::time::timeout(
-        TEST_TIMEOUT,
-        notify_wakes_another_handles_watch(a, Backend { store: b, cleanup: Cleanup::Nothing }),
-    )
-    .await
-    .expect("in time");
+    watch_test(store2_common::open_redis(), |p| format!("{}?prefix={p}", store2_common::REDIS_URL)).await
 }
 
 #[tokio::test]
 async fn redis_cluster_notify_wakes_a_watch() {
-    let a = store2_common::open_redis_cluster().await;
-    let Cleanup::RedisCluster(prefix) = &a.cleanup else { unreachable!() };
-    let b = store2::open(&format!("{}?prefix={prefix}", cluster_url())).await.unwrap();
-    tokio::time::timeout(
-        TEST_TIMEOUT,
-        notify_wakes_another_handles_watch(a, Backend { store: b, cleanup: Cleanup::Nothing }),
-    )
-    .await
-    .expect("in time");
+    watch_test(store2_common::open_redis_cluster(), |p| format!("{}?prefix={p}", cluster_url())).await
 }
 
 #[tokio::test]
 async fn postgres_notify_wakes_a_watch() {
-    let a = store2_common::open_postgres().await;
-    let Cleanup::Postgres(schema) = &a.cleanup else { unreachable!() };
-    let b = store2::open(&format!("{}?schema={schema}", store2_common::POSTGRES_URL)).await.unwrap();
-    tokio::time::timeout(
-        TEST_TIMEOUT,
-        notify_wakes_another_handles_watch(a, Backend { store: b, cleanup: Cleanup::Nothing }),
-    )
-    .await
-    .expect("in time");
+    watch_test(store2_common::open_postgres(), |s| format!("{}?schema={s}", store2_common::POSTGRES_URL)).await
 }
