@@ -299,7 +299,7 @@ pub trait LeaseStore: Send + Sync + 'static {
     ) -> StoreResult<Option<u64>>;
 
     /// Bumps the heartbeat (and version) of each named session that exists, in one round
-    /// trip; returns the ids that do not exist, in the order given.
+    /// trip; returns the ids that do not exist, in the order given. The ids are distinct.
     async fn beat_sessions(&self, group: &GroupKey, session_ids: &[String]) -> StoreResult<Vec<String>>;
 
     /// Deletes a session record (if `expected` is Some, only at that version). Returns
