@@ -39,6 +39,7 @@ macro_rules! conformance_tests {
                 drop_session_frees_leases_and_handoffs,
                 stale_sessions_are_removed_at_the_version_seen,
                 lease_generation_moves_with_lease_writes_only,
+                liveness_follows_beats_on_the_observers_clock,
                 ping_answers,
             );
         }
@@ -478,6 +479,49 @@ async fn lease_generation_moves_with_lease_writes_only(l: Leases) {
     l.beat(&g, &["s1".to_owned()]).await.unwrap();
     assert_eq!(l.generation(&g).await.unwrap(), g2, "no lease written: sessions, refusals, no-op syncs");
     assert_eq!(l.generation(&GroupKey::new("app", "elsewhere")).await.unwrap(), 0);
+}
+
+/// The old expiry-by-time cases as liveness by observation: what `Liveness` makes of this
+/// backend's records, on explicit instants of the observer's monotonic clock.
+async fn liveness_follows_beats_on_the_observers_clock(l: Leases) {
+    use std::time::Duration;
+    use tokio::time::Instant;
+    let (g, ttl, secs) = (group(), Duration::from_secs(10), Duration::from_secs);
+    for id in ["s1", "s2"] {
+        l.put_session(&g, &session(id, id)).await.unwrap();
+    }
+    let mut live = store2::Liveness::new(ttl);
+    let t0 = Instant::now();
+    live.observe(&l.sessions(&g).await.unwrap(), t0);
+    assert!(live.is_alive("s1", t0) && live.is_alive("s2", t0), "first sight counts as a change");
+    for round in 1..=3u64 {
+        l.beat(&g, &["s1".to_owned()]).await.unwrap();
+        live.observe(&l.sessions(&g).await.unwrap(), t0 + secs(6 * round));
+    }
+    let now = t0 + secs(18);
+    assert!(live.is_alive("s1", now + secs(9)), "beaten every round");
+    assert!(!live.is_alive("s2", now), "never beaten: dead after the TTL");
+    assert_eq!(live.stale(now, secs(18)), [("s2".to_owned(), 1)], "a cleanup candidate at the version seen");
+
+    // A dead owner's lease is acquirable; a live owner's is not.
+    sync(&l, &g, &[S0, S1]).await;
+    take(&l, &g, S0, "s1").await;
+    take(&l, &g, S1, "s2").await;
+    let leases = l.list(&g).await.unwrap();
+    let wants: Vec<_> = leases
+        .iter()
+        .map(|v| {
+            let dead = !live.is_alive(v.value.owner.as_deref().unwrap(), now);
+            (v.clone(), "s3".to_owned(), dead)
+        })
+        .collect();
+    let got = l.acquire_many(&g, &wants).await.unwrap();
+    assert_eq!(got.iter().map(Option::is_some).collect::<Vec<_>>(), [false, true]);
+
+    // A dropped session's record is gone: it is dead at once.
+    l.drop_session(&g, "s1").await.unwrap();
+    live.observe(&l.sessions(&g).await.unwrap(), now + secs(1));
+    assert!(!live.is_alive("s1", now + secs(1)));
 }
 
 async fn ping_answers(l: Leases) {
