@@ -39,6 +39,7 @@ macro_rules! conformance_tests {
                 drop_session_frees_leases_and_handoffs,
                 stale_sessions_are_removed_at_the_version_seen,
                 lease_generation_moves_with_lease_writes_only,
+                liveness_follows_beats_on_the_observers_clock,
                 ping_answers,
             );
         }
@@ -480,6 +481,49 @@ async fn lease_generation_moves_with_lease_writes_only(l: Leases) {
     assert_eq!(l.generation(&GroupKey::new("app", "elsewhere")).await.unwrap(), 0);
 }
 
+/// The old expiry-by-time cases as liveness by observation: what `Liveness` makes of this
+/// backend's records, on explicit instants of the observer's monotonic clock.
+async fn liveness_follows_beats_on_the_observers_clock(l: Leases) {
+    use std::time::Duration;
+    use tokio::time::Instant;
+    let (g, ttl, secs) = (group(), Duration::from_secs(10), Duration::from_secs);
+    for id in ["s1", "s2"] {
+        l.put_session(&g, &session(id, id)).await.unwrap();
+    }
+    let mut live = store2::Liveness::new(ttl);
+    let t0 = Instant::now();
+    live.observe(&l.sessions(&g).await.unwrap(), t0);
+    assert!(live.is_alive("s1", t0) && live.is_alive("s2", t0), "first sight counts as a change");
+    for round in 1..=3u64 {
+        l.beat(&g, &["s1".to_owned()]).await.unwrap();
+        live.observe(&l.sessions(&g).await.unwrap(), t0 + secs(6 * round));
+    }
+    let now = t0 + secs(18);
+    assert!(live.is_alive("s1", now + secs(9)), "beaten every round");
+    assert!(!live.is_alive("s2", now), "never beaten: dead after the TTL");
+    assert_eq!(live.stale(now, secs(18)), [("s2".to_owned(), 1)], "a cleanup candidate at the version seen");
+
+    // A dead owner's lease is acquirable; a live owner's is not.
+    sync(&l, &g, &[S0, S1]).await;
+    take(&l, &g, S0, "s1").await;
+    take(&l, &g, S1, "s2").await;
+    let leases = l.list(&g).await.unwrap();
+    let wants: Vec<_> = leases
+        .iter()
+        .map(|v| {
+            let dead = !live.is_alive(v.value.owner.as_deref().unwrap(), now);
+            (v.clone(), "s3".to_owned(), dead)
+        })
+        .collect();
+    let got = l.acquire_many(&g, &wants).await.unwrap();
+    assert_eq!(got.iter().map(Option::is_some).collect::<Vec<_>>(), [false, true]);
+
+    // A dropped session's record is gone: it is dead at once.
+    l.drop_session(&g, "s1").await.unwrap();
+    live.observe(&l.sessions(&g).await.unwrap(), now + secs(1));
+    assert!(!live.is_alive("s1", now + secs(1)));
+}
+
 async fn ping_answers(l: Leases) {
     l.store().ping().await.unwrap();
 }
@@ -560,41 +604,29 @@ async fn notify_wakes_another_handles_watch(a: store2_common::Backend, b: store2
     a.cleanup.run().await;
 }
 
+/// Opens a backend and a second handle on the same data (`url_for` makes its URL from the
+/// first one's prefix or schema), and runs the watch test on the two.
+async fn watch_test(open: impl std::future::Future<Output = Backend>, url_for: impl Fn(&str) -> String) {
+    let a = tokio::time::timeout(OPEN_TIMEOUT, open).await.expect("opened in time");
+    let (Cleanup::Redis(name) | Cleanup::RedisCluster(name) | Cleanup::Postgres(name)) = &a.cleanup else {
+        unreachable!("a backend with a server")
+    };
+    let b = store2::open(&url_for(name)).await.expect("a second handle");
+    let test = notify_wakes_another_handles_watch(a, Backend { store: b, cleanup: Cleanup::Nothing });
+    tokio::time::timeout(TEST_TIMEOUT, test).await.expect("in time");
+}
+
 #[tokio::test]
 async fn redis_notify_wakes_a_watch() {
-    let a = store2_common::open_redis().await;
-    let Cleanup::Redis(prefix) = &a.cleanup else { unreachable!() };
-    let b = store2::open(&format!("{}?prefix={prefix}", store2_common::REDIS_URL)).await.unwrap();
-    tokio::time::timeout(
-        TEST_TIMEOUT,
-        notify_wakes_another_handles_watch(a, Backend { store: b, cleanup: Cleanup::Nothing }),
-    )
-    .await
-    .expect("in time");
+    watch_test(store2_common::open_redis(), |p| format!("{}?prefix={p}", store2_common::REDIS_URL)).await
 }
 
 #[tokio::test]
 async fn redis_cluster_notify_wakes_a_watch() {
-    let a = store2_common::open_redis_cluster().await;
-    let Cleanup::RedisCluster(prefix) = &a.cleanup else { unreachable!() };
-    let b = store2::open(&format!("{}?prefix={prefix}", cluster_url())).await.unwrap();
-    tokio::time::timeout(
-        TEST_TIMEOUT,
-        notify_wakes_another_handles_watch(a, Backend { store: b, cleanup: Cleanup::Nothing }),
-    )
-    .await
-    .expect("in time");
+    watch_test(store2_common::open_redis_cluster(), |p| format!("{}?prefix={p}", cluster_url())).await
 }
 
 #[tokio::test]
 async fn postgres_notify_wakes_a_watch() {
-    let a = store2_common::open_postgres().await;
-    let Cleanup::Postgres(schema) = &a.cleanup else { unreachable!() };
-    let b = store2::open(&format!("{}?schema={schema}", store2_common::POSTGRES_URL)).await.unwrap();
-    tokio::time::timeout(
-        TEST_TIMEOUT,
-        notify_wakes_another_handles_watch(a, Backend { store: b, cleanup: Cleanup::Nothing }),
-    )
-    .await
-    .expect("in time");
+    watch_test(store2_common::open_postgres(), |s| format!("{}?schema={s}", store2_common::POSTGRES_URL)).await
 }

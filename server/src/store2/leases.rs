@@ -237,13 +237,15 @@ impl Leases {
         Err(contended("put_session", g))
     }
 
-    /// Bumps the heartbeats of the named sessions in one round trip; returns the ids that
-    /// have no record.
+    /// Bumps the heartbeats of the named sessions (once each, even if named twice) in one
+    /// round trip; returns the ids that have no record.
     pub async fn beat(&self, g: &GroupKey, ids: &[String]) -> StoreResult<Vec<String>> {
+        let mut seen = HashSet::new();
+        let ids: Vec<String> = ids.iter().filter(|id| seen.insert(id.as_str())).cloned().collect();
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        self.store.beat_sessions(g, ids).await
+        self.store.beat_sessions(g, &ids).await
     }
 
     /// Every session record of the group, in session id order.

@@ -7,6 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use futures::stream::{self, BoxStream, StreamExt};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::{GroupKey, Lease, LeaseStore, LeaseWrite, SessionRecord, StoreResult, Versioned};
 
@@ -17,10 +20,12 @@ struct Group {
     generation: u64,
 }
 
-/// An in-memory lease store.
+/// An in-memory lease store. Handles that share one `Arc<MemoryStore>` act as instances
+/// sharing a store, `watch` and `notify` included.
 #[derive(Default)]
 pub struct MemoryStore {
     groups: Mutex<HashMap<GroupKey, Group>>,
+    watchers: Mutex<HashMap<GroupKey, Vec<UnboundedSender<()>>>>,
     calls: AtomicU64,
 }
 
@@ -125,6 +130,24 @@ impl LeaseStore for MemoryStore {
         self.calls.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+
+    /// Yields once at once (like the other backends when subscribed), then on every
+    /// `notify` of the group on this store.
+    fn watch(&self, group: &GroupKey) -> Option<BoxStream<'static, ()>> {
+        let (tx, rx) = unbounded_channel();
+        let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        watchers.entry(group.clone()).or_default().push(tx);
+        Some(stream::once(async {}).chain(UnboundedReceiverStream::new(rx)).boxed())
+    }
+
+    async fn notify(&self, group: &GroupKey) -> StoreResult<()> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = watchers.get_mut(group) {
+            list.retain(|tx| tx.send(()).is_ok());
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -167,5 +190,20 @@ mod tests {
         assert!(m.delete_session(&g(), "a", Some(2)).await.unwrap());
         assert!(!m.delete_session(&g(), "a", None).await.unwrap(), "already gone");
         assert_eq!(m.calls(), 7);
+    }
+
+    #[tokio::test]
+    async fn notify_wakes_the_watches_of_its_group() {
+        let m = MemoryStore::new();
+        let mut watch = m.watch(&g()).unwrap();
+        let mut other = m.watch(&GroupKey::new("other", "stream")).unwrap();
+        assert_eq!(watch.next().await, Some(()), "the first wake");
+        assert_eq!(other.next().await, Some(()));
+        m.notify(&g()).await.unwrap();
+        assert_eq!(watch.next().await, Some(()));
+        assert!(futures::FutureExt::now_or_never(other.next()).is_none(), "another group stays asleep");
+        drop(watch);
+        m.notify(&g()).await.unwrap();
+        assert!(m.watchers.lock().unwrap()[&g()].is_empty(), "closed watches are forgotten");
     }
 }

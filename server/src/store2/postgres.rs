@@ -24,8 +24,8 @@ use tokio_postgres::{Client, Config, NoTls, Row, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
-    take_query_param, Checkpoint, GroupKey, Lease, LeaseStore, LeaseWrite, SessionRecord, StoreError, StoreResult,
-    Versioned,
+    take_query_param, watch_stream, Checkpoint, GroupKey, Lease, LeaseStore, LeaseWrite, SessionRecord, StoreError,
+    StoreResult, Versioned,
 };
 use crate::redact::redact_url;
 
@@ -95,8 +95,6 @@ SELECT shard_id, version FROM inserted UNION ALL SELECT shard_id, version FROM u
 
 /// The LISTEN/NOTIFY channel of `watch` and `notify`; the payload names schema and group.
 const CHANGES_CHANNEL: &str = "kb_v2_changes";
-/// Bound on opening the connection of `watch`.
-const WATCH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connections kept open per store.
 const POOL_SIZE: usize = 4;
@@ -514,27 +512,14 @@ impl LeaseStore for PostgresStore {
     /// lost (callers keep polling meanwhile).
     fn watch(&self, group: &GroupKey) -> Option<BoxStream<'static, ()>> {
         let listening = listen(self.config.clone(), self.tls.clone(), self.change_payload(group));
-        let shown = self.shown_url.clone();
-        let listening = async move {
-            match tokio::time::timeout(WATCH_CONNECT_TIMEOUT, listening).await {
-                Ok(Ok((client, rx))) => {
-                    let changes = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(move |()| {
-                        // The client lives as long as the stream: dropping it ends the LISTEN.
-                        let _ = &client;
-                    });
-                    stream::once(async {}).chain(changes).boxed()
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!("cannot watch postgres {shown}: {e}");
-                    stream::empty().boxed()
-                }
-                Err(_) => {
-                    tracing::warn!("cannot watch postgres {shown}: not listening within {WATCH_CONNECT_TIMEOUT:?}");
-                    stream::empty().boxed()
-                }
-            }
+        let subscribe = async move {
+            let (client, rx) = listening.await?;
+            Ok::<_, tokio_postgres::Error>(tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(move |()| {
+                // The client lives as long as the stream: dropping it ends the LISTEN.
+                let _ = &client;
+            }))
         };
-        Some(stream::once(listening).flatten().boxed())
+        Some(watch_stream(format!("postgres {}", self.shown_url), subscribe))
     }
 
     async fn notify(&self, group: &GroupKey) -> StoreResult<()> {

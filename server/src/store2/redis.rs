@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::stream::{self, BoxStream, StreamExt};
+use futures::stream::{BoxStream, StreamExt};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
@@ -26,13 +26,10 @@ use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    take_query_param, Checkpoint, GroupKey, Lease, LeaseStore, LeaseWrite, SessionRecord, StoreError, StoreResult,
-    Versioned,
+    take_query_param, watch_stream, Checkpoint, GroupKey, Lease, LeaseStore, LeaseWrite, SessionRecord, StoreError,
+    StoreResult, Versioned,
 };
 use crate::redact::redact_url;
-
-/// Bound on opening the subscription of `watch`.
-const WATCH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Helpers of every script: `HMGET`/`HSET` in chunks (Lua's `unpack` is bounded).
 const LUA_LIB: &str = r#"
@@ -486,26 +483,13 @@ impl LeaseStore for RedisStore {
     /// subscription is in place (changes before it may have been missed), then on every
     /// `notify`; ends when the subscription is lost (callers keep polling meanwhile).
     fn watch(&self, group: &GroupKey) -> Option<BoxStream<'static, ()>> {
-        let (client, channel, shown) = (self.pubsub.clone(), self.keys(group).changes, self.shown.clone());
-        let subscribed = async move {
-            let subscribe = async {
-                let mut pubsub = client.get_async_pubsub().await?;
-                pubsub.subscribe(&channel).await?;
-                Ok::<_, RedisError>(pubsub)
-            };
-            match tokio::time::timeout(WATCH_CONNECT_TIMEOUT, subscribe).await {
-                Ok(Ok(pubsub)) => stream::once(async {}).chain(pubsub.into_on_message().map(|_| ())).boxed(),
-                Ok(Err(e)) => {
-                    tracing::warn!("cannot watch redis {shown}: {e}");
-                    stream::empty().boxed()
-                }
-                Err(_) => {
-                    tracing::warn!("cannot watch redis {shown}: no subscription within {WATCH_CONNECT_TIMEOUT:?}");
-                    stream::empty().boxed()
-                }
-            }
+        let (client, channel) = (self.pubsub.clone(), self.keys(group).changes);
+        let subscribe = async move {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, RedisError>(pubsub.into_on_message().map(|_| ()))
         };
-        Some(stream::once(subscribed).flatten().boxed())
+        Some(watch_stream(format!("redis {}", self.shown), subscribe))
     }
 
     async fn notify(&self, group: &GroupKey) -> StoreResult<()> {
