@@ -8,12 +8,12 @@ use std::time::Duration;
 use kinesis_butler_proto as pb;
 use tracing::{debug, warn};
 
-use kinesis_butler_proto::backoff::Backoff;
 use crate::connection::Api;
 use crate::error::{describe, is_transient, Error};
 use crate::handler::{Record, ShardInfo};
 use crate::options::BackoffSettings;
 use crate::policy::{Position, Progress};
+use kinesis_butler_proto::backoff::Backoff;
 
 /// Attempts of one checkpoint call on transient errors.
 const CHECKPOINT_ATTEMPTS: u32 = 3;

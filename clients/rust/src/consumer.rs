@@ -8,13 +8,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use kinesis_butler_proto::backoff::Backoff;
-use kinesis_butler_proto::names;
 use crate::connection::Target;
 use crate::error::Error;
 use crate::handler::Handler;
 use crate::options::ConsumerOptions;
 use crate::session::{self, SessionEnd, Shared};
+use kinesis_butler_proto::backoff::Backoff;
+use kinesis_butler_proto::names;
 
 /// Reads streams of an app through a Kinesis Butler server and hands their records to
 /// a [`Handler`], checkpointing for it. See the [crate documentation](crate).

@@ -129,6 +129,7 @@ mod handler;
 mod log_forward;
 mod options;
 mod policy;
+mod rules;
 mod session;
 mod shard_worker;
 
@@ -138,5 +139,9 @@ pub use consumer::Consumer;
 pub use error::{Error, ErrorKind, HandlerError};
 pub use handler::{Batch, Handler, Record, ShardInfo, StopReason};
 pub use log_forward::forward_logs;
-pub use options::{BackoffSettings, CheckpointPolicy, ConsumerOptions, FailurePolicy, StartPosition, TlsOptions};
+pub use options::{
+    BackoffSettings, CheckpointPolicy, ConsumerOptions, FailurePolicy, RawOptions, StartPosition, TlsOptions,
+    UnknownValue,
+};
+pub use rules::Spelling;
 pub use tokio_util::sync::CancellationToken;

@@ -14,12 +14,12 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use kinesis_butler_proto::backoff::Backoff;
 use crate::checkpointer::{Checkpointer, ShardLease, Target};
 use crate::error::{Error, ErrorKind, HandlerError};
 use crate::handler::{Batch, Handler, Record, ShardInfo, StopReason};
 use crate::options::{CheckpointPolicy, ConsumerOptions, FailurePolicy};
 use crate::policy::Position;
+use kinesis_butler_proto::backoff::Backoff;
 
 /// What the session tells a worker. A `watch` value: the worker acts on the latest.
 #[derive(Clone, Debug, Default)]
