@@ -384,7 +384,7 @@ impl RawOptions {
     /// [`crate::ErrorKind::InvalidArgument`] naming the option in `spelling`.
     pub fn into_options(self, spelling: Spelling) -> Result<ConsumerOptions, Error> {
         let s = spelling;
-        let time = |rule: rules::Time, value: Option<f64>| value.map(|v| rule.from_number(v, s)).transpose();
+        let time = |rule: rules::Time, value: Option<f64>| value.map(|v| rule.of_number(v, s)).transpose();
         let count = |rule: rules::Count, value: Option<i64>| value.map(|v| rule.check(v, s)).transpose();
         let defaults = ConsumerOptions::default();
         let checkpoint_interval = time(rules::CHECKPOINT_INTERVAL, self.checkpoint_interval)?;

@@ -130,7 +130,7 @@ fn unit(spelling: Spelling) -> (&'static str, f64) {
 
 impl Time {
     /// A duration given as a number of the spelling's unit (seconds or milliseconds).
-    pub(crate) fn from_number(self, value: f64, spelling: Spelling) -> Result<Duration, Error> {
+    pub(crate) fn of_number(self, value: f64, spelling: Spelling) -> Result<Duration, Error> {
         let (_, per_second) = unit(spelling);
         let seconds = value / per_second;
         if !seconds.is_finite() || seconds < 0.0 || seconds > MAX_DURATION.as_secs_f64() {
@@ -226,9 +226,9 @@ pub(crate) fn start(name: Option<&str>, timestamp_ms: Option<f64>, spelling: Spe
     match (name, timestamp_ms) {
         (Some(_), Some(_)) => Err(invalid(format!("give {} as a name or a time, not both", START.spelled(spelling)))),
         (Some(name), None) => parse(START, name, spelling),
+        (None, Some(ms)) if !ms.is_finite() => Err(start_refused(ms, spelling)),
         (None, Some(ms)) => {
-            let position =
-                StartPosition::AtTimestamp { timestamp_ms: if ms.is_finite() { ms.round() as i64 } else { 0 } };
+            let position = StartPosition::AtTimestamp { timestamp_ms: ms.round() as i64 };
             check_start(position, spelling).map(|()| position)
         }
         (None, None) => Ok(StartPosition::default()),
@@ -238,12 +238,16 @@ pub(crate) fn start(name: Option<&str>, timestamp_ms: Option<f64>, spelling: Spe
 /// A time to start at must be after the Unix epoch.
 pub(crate) fn check_start(position: StartPosition, spelling: Spelling) -> Result<(), Error> {
     match position {
-        StartPosition::AtTimestamp { timestamp_ms } if timestamp_ms <= 0 => Err(invalid(format!(
-            "{} must be a time after 1970-01-01T00:00:00Z, not {timestamp_ms} ms since then",
-            START.spelled(spelling)
-        ))),
+        StartPosition::AtTimestamp { timestamp_ms } if timestamp_ms <= 0 => Err(start_refused(timestamp_ms, spelling)),
         _ => Ok(()),
     }
+}
+
+fn start_refused(timestamp_ms: impl std::fmt::Display, spelling: Spelling) -> Error {
+    invalid(format!(
+        "{} must be a time after 1970-01-01T00:00:00Z, not {timestamp_ms} ms since then",
+        START.spelled(spelling)
+    ))
 }
 
 /// The checkpoint policy from its mode (`batch`, `manual`) and at most one of "every N
@@ -311,19 +315,19 @@ mod tests {
 
     #[test]
     fn durations_come_in_the_spellings_unit() {
-        assert_eq!(HANDLER_TIMEOUT.from_number(1.5, Spelling::Snake).unwrap(), Duration::from_millis(1500));
-        assert_eq!(HANDLER_TIMEOUT.from_number(1500.0, Spelling::Camel).unwrap(), Duration::from_millis(1500));
+        assert_eq!(HANDLER_TIMEOUT.of_number(1.5, Spelling::Snake).unwrap(), Duration::from_millis(1500));
+        assert_eq!(HANDLER_TIMEOUT.of_number(1500.0, Spelling::Camel).unwrap(), Duration::from_millis(1500));
         assert_eq!(
-            message(HANDLER_TIMEOUT.from_number(-1.0, Spelling::Snake)),
+            message(HANDLER_TIMEOUT.of_number(-1.0, Spelling::Snake)),
             "handler_timeout must be more than 0 and at most 1000000000 seconds, not -1"
         );
         assert_eq!(
-            message(HANDLER_TIMEOUT.from_number(0.0, Spelling::Camel)),
+            message(HANDLER_TIMEOUT.of_number(0.0, Spelling::Camel)),
             "handlerTimeoutMs must be more than 0 and at most 1000000000000 milliseconds, not 0"
         );
-        assert_eq!(SHUTDOWN_TIMEOUT.from_number(0.0, Spelling::Snake).unwrap(), Duration::ZERO);
-        assert!(SHUTDOWN_TIMEOUT.from_number(f64::NAN, Spelling::Snake).is_err());
-        assert!(SHUTDOWN_TIMEOUT.from_number(f64::INFINITY, Spelling::Camel).is_err());
+        assert_eq!(SHUTDOWN_TIMEOUT.of_number(0.0, Spelling::Snake).unwrap(), Duration::ZERO);
+        assert!(SHUTDOWN_TIMEOUT.of_number(f64::NAN, Spelling::Snake).is_err());
+        assert!(SHUTDOWN_TIMEOUT.of_number(f64::INFINITY, Spelling::Camel).is_err());
         assert!(SHUTDOWN_TIMEOUT.check(Duration::MAX, Spelling::Snake).is_err());
     }
 
