@@ -156,3 +156,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// The generated client over `channel`, without a token (for unit tests).
+#[cfg(test)]
+pub(crate) fn api(channel: Channel) -> Api {
+    ButlerClient::with_interceptor(channel, BearerToken(None))
+}
