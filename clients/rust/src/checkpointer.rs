@@ -234,7 +234,8 @@ mod tests {
     use tokio::time::Instant;
 
     fn lease(butler: &ScriptedButler) -> Arc<ShardLease> {
-        let shard = ShardInfo { stream: "s".into(), shard_id: "shard-1".into(), lease_epoch: 7, checkpoint: String::new() };
+        let shard =
+            ShardInfo { stream: "s".into(), shard_id: "shard-1".into(), lease_epoch: 7, checkpoint: String::new() };
         let api = connection::api(butler.channel());
         Arc::new(ShardLease::new(api, "scripted".into(), "session-1".into(), Arc::new(shard), Duration::from_secs(10)))
     }

@@ -130,14 +130,14 @@ mod log_forward;
 mod options;
 mod policy;
 mod rules;
-mod session;
-mod shard_worker;
-#[cfg(test)]
-mod test_support;
 /// The scripted in-process Butler of the integration tests, for the unit tests too.
 #[cfg(test)]
 #[path = "../tests/support/butler.rs"]
 mod scripted;
+mod session;
+mod shard_worker;
+#[cfg(test)]
+mod test_support;
 
 pub use bytes::Bytes;
 pub use checkpointer::Checkpointer;
