@@ -115,7 +115,9 @@
 //!
 //! [`Handler`] is object safe and returns boxed futures; a binding implements it on its
 //! own type and passes it to [`Consumer::run_shared`]. Settings are the plain struct
-//! [`ConsumerOptions`]; every error has a stable [`ErrorKind`] with a snake_case name
+//! [`ConsumerOptions`]; a binding fills [`RawOptions`] from its host's values (numbers
+//! and names, before any check) and [`RawOptions::into_options`] applies every rule once,
+//! with messages that name options in the binding's [`Spelling`]. Every error has a stable [`ErrorKind`] with a snake_case name
 //! ([`ErrorKind::as_str`]) to map to an exception class. [`Consumer::stop`] may be called
 //! from any thread; `run` then returns `Ok` once the shards are checkpointed.
 
