@@ -54,18 +54,10 @@ pub(crate) async fn wait_calls(
     what: &str,
     done: impl Fn(&[Call]) -> bool,
 ) {
-    let mut rx = changed.subscribe();
-    let waited = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        loop {
-            rx.borrow_and_update();
-            if done(&calls.lock().unwrap()) {
-                return;
-            }
-            if rx.changed().await.is_err() {
-                return;
-            }
-        }
-    });
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        scripted::until(changed.subscribe(), || done(&calls.lock().unwrap())),
+    );
     waited.await.unwrap_or_else(|_| panic!("timed out: {what}: {:?}", calls.lock().unwrap()));
 }
 

@@ -383,18 +383,8 @@ impl ScriptedButler {
     /// Waits (bounded) until `done` holds; re-checked whenever a session opens or
     /// closes or a checkpoint arrives. Panics with `what` on timeout.
     pub async fn wait_until(&self, secs: u64, what: &str, done: impl Fn(&ScriptedButler) -> bool) {
-        let mut rx = self.inner.changed.subscribe();
-        let waited = tokio::time::timeout(Duration::from_secs(secs), async {
-            loop {
-                rx.borrow_and_update();
-                if done(self) {
-                    return;
-                }
-                if rx.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
+        let waited =
+            tokio::time::timeout(Duration::from_secs(secs), until(self.inner.changed.subscribe(), || done(self)));
         waited.await.unwrap_or_else(|_| panic!("timed out after {secs}s: {what}"));
     }
 
@@ -408,6 +398,17 @@ impl ScriptedButler {
     pub async fn wait_checkpoints(&self, count: usize, secs: u64) -> Vec<pb::CheckpointRequest> {
         self.wait_until(secs, &format!("{count} checkpoint(s)"), |b| lock(&b.inner.checkpoints).len() >= count).await;
         self.checkpoints()
+    }
+}
+
+/// Returns once `done` holds; re-checked on every change announced on `changed`
+/// (unbounded: callers bound it).
+pub async fn until(mut changed: watch::Receiver<u64>, done: impl Fn() -> bool) {
+    loop {
+        changed.borrow_and_update();
+        if done() || changed.changed().await.is_err() {
+            return;
+        }
     }
 }
 
