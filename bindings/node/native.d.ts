@@ -27,7 +27,10 @@ export declare class NativeBatch {
 
 /** The native consumer; `index.js` exports the `Consumer` built on it. */
 export declare class NativeConsumer {
-  /** Throws `InvalidArg` errors for bad arguments (`index.js` checks the types first). */
+  /**
+   * Throws `InvalidArg` errors for bad arguments (`index.js` checks the types first,
+   * the client every value).
+   */
   constructor(endpoint: string, app: string, streams: Array<string>, options?: NativeOptions | undefined | null)
   /**
    * Runs `handler` until the consumer stops; resolves `null`, or the error that
@@ -66,7 +69,11 @@ export interface LogEvent {
   message: string
 }
 
-/** Settings of a consumer, as `index.js` passes them (durations in milliseconds). */
+/**
+ * Settings of a consumer, as `index.js` passes them (durations in milliseconds; counts
+ * as numbers, which `index.js` checked to be integers). Every rule on the values is the
+ * client's (`RawOptions`, options named in camelCase).
+ */
 export interface NativeOptions {
   clientName?: string
   authToken?: string

@@ -11,7 +11,6 @@
 #![deny(clippy::all)]
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use kinesis_butler_client as kb;
@@ -91,7 +90,9 @@ pub struct TlsOptions {
     pub client_key_pem: Option<String>,
 }
 
-/// Settings of a consumer, as `index.js` passes them (durations in milliseconds).
+/// Settings of a consumer, as `index.js` passes them (durations in milliseconds; counts
+/// as numbers, which `index.js` checked to be integers). Every rule on the values is the
+/// client's (`RawOptions`, options named in camelCase).
 #[napi(object)]
 pub struct NativeOptions {
     pub client_name: Option<String>,
@@ -102,15 +103,15 @@ pub struct NativeOptions {
     pub start: Option<String>,
     /// Start at this time (ms since the epoch) instead.
     pub start_timestamp_ms: Option<f64>,
-    pub max_records_per_batch: Option<u32>,
+    pub max_records_per_batch: Option<f64>,
     /// `batch` or `manual`.
     #[napi(ts_type = "'batch' | 'manual'")]
     pub checkpoint: Option<String>,
     pub checkpoint_every_records: Option<f64>,
     pub checkpoint_interval_ms: Option<f64>,
-    pub max_concurrent_handlers: Option<u32>,
-    pub shard_queue_batches: Option<u32>,
-    pub handler_retries: Option<u32>,
+    pub max_concurrent_handlers: Option<f64>,
+    pub shard_queue_batches: Option<f64>,
+    pub handler_retries: Option<f64>,
     pub retry_initial_delay_ms: Option<f64>,
     pub retry_max_delay_ms: Option<f64>,
     /// `stop` or `skip`.
@@ -119,136 +120,57 @@ pub struct NativeOptions {
     pub handler_timeout_ms: Option<f64>,
     pub reconnect_initial_delay_ms: Option<f64>,
     pub reconnect_max_delay_ms: Option<f64>,
-    pub max_reconnect_attempts: Option<u32>,
-    pub max_initial_connect_attempts: Option<u32>,
+    pub max_reconnect_attempts: Option<f64>,
+    pub max_initial_connect_attempts: Option<f64>,
     pub request_timeout_ms: Option<f64>,
     pub shutdown_timeout_ms: Option<f64>,
 }
 
-fn millis(name: &str, ms: f64) -> Result<Duration> {
-    if !ms.is_finite() || !(0.0..=1e12).contains(&ms) {
-        return Err(invalid(format!("{name} must be a number of milliseconds >= 0, not {ms}")));
-    }
-    Ok(Duration::from_secs_f64(ms / 1000.0))
-}
-
-fn positive_millis(name: &str, ms: f64) -> Result<Duration> {
-    let d = millis(name, ms)?;
-    if d.is_zero() {
-        return Err(invalid(format!("{name} must be more than 0")));
-    }
-    Ok(d)
-}
-
-fn backoff(
-    default: kb::BackoffSettings,
-    initial: (&str, Option<f64>),
-    max: (&str, Option<f64>),
-) -> Result<kb::BackoffSettings> {
-    let mut b = default;
-    if let Some(ms) = initial.1 {
-        b.initial = positive_millis(initial.0, ms)?;
-    }
-    if let Some(ms) = max.1 {
-        b.max = positive_millis(max.0, ms)?;
-    }
-    if b.max < b.initial {
-        if max.1.is_some() {
-            return Err(invalid(format!("{} must not be less than {}", max.0, initial.0)));
-        }
-        b.max = b.initial;
-    }
-    Ok(b)
+/// A JavaScript integer as a whole number (saturating beyond 64 bits: out of every range).
+fn whole(value: Option<f64>) -> Option<i64> {
+    value.map(|n| n as i64)
 }
 
 impl NativeOptions {
-    fn into_options(self) -> Result<kb::ConsumerOptions> {
-        let defaults = kb::ConsumerOptions::default();
-        let mut o = kb::ConsumerOptions { client_name: format!("node-{}", std::process::id()), ..defaults.clone() };
-        if let Some(name) = self.client_name {
-            o.client_name = name;
+    fn into_raw(self) -> kb::RawOptions {
+        kb::RawOptions {
+            client_name: self.client_name,
+            auth_token: self.auth_token,
+            tls: self.tls.map(|t| kb::TlsOptions {
+                ca_certificate_pem: t.ca_certificate_pem,
+                domain_name: t.domain_name,
+                client_certificate_pem: t.client_certificate_pem,
+                client_key_pem: t.client_key_pem,
+            }),
+            start: self.start,
+            start_timestamp_ms: self.start_timestamp_ms,
+            max_records_per_batch: whole(self.max_records_per_batch),
+            checkpoint: self.checkpoint,
+            checkpoint_every_records: whole(self.checkpoint_every_records),
+            checkpoint_interval: self.checkpoint_interval_ms,
+            max_concurrent_handlers: whole(self.max_concurrent_handlers),
+            shard_queue_batches: whole(self.shard_queue_batches),
+            handler_retries: whole(self.handler_retries),
+            retry_initial_delay: self.retry_initial_delay_ms,
+            retry_max_delay: self.retry_max_delay_ms,
+            on_failure: self.on_failure,
+            handler_timeout: self.handler_timeout_ms,
+            reconnect_initial_delay: self.reconnect_initial_delay_ms,
+            reconnect_max_delay: self.reconnect_max_delay_ms,
+            max_reconnect_attempts: whole(self.max_reconnect_attempts),
+            max_initial_connect_attempts: whole(self.max_initial_connect_attempts),
+            request_timeout: self.request_timeout_ms,
+            shutdown_timeout: self.shutdown_timeout_ms,
         }
-        o.auth_token = self.auth_token;
-        o.tls = self.tls.map(|t| kb::TlsOptions {
-            ca_certificate_pem: t.ca_certificate_pem,
-            domain_name: t.domain_name,
-            client_certificate_pem: t.client_certificate_pem,
-            client_key_pem: t.client_key_pem,
-        });
-        o.start = match (self.start.as_deref(), self.start_timestamp_ms) {
-            (_, Some(ms)) if !ms.is_finite() || ms <= 0.0 => {
-                return Err(invalid("start must be a Date after 1970-01-01"))
-            }
-            (None, Some(ms)) => kb::StartPosition::AtTimestamp { timestamp_ms: ms as i64 },
-            (None | Some("trim_horizon"), None) => kb::StartPosition::TrimHorizon,
-            (Some("latest"), None) => kb::StartPosition::Latest,
-            (Some(other), _) => {
-                return Err(invalid(format!("start must be 'trim_horizon', 'latest' or a Date, not {other:?}")))
-            }
-        };
-        if let Some(n) = self.max_records_per_batch {
-            o.max_records_per_batch = n;
-        }
-        o.checkpoint = match self.checkpoint.as_deref() {
-            None | Some("batch") => kb::CheckpointPolicy::EveryBatch,
-            Some("manual") => kb::CheckpointPolicy::Manual,
-            Some(other) => return Err(invalid(format!("checkpoint must be 'batch' or 'manual', not {other:?}"))),
-        };
-        match (self.checkpoint_every_records, self.checkpoint_interval_ms) {
-            (Some(_), Some(_)) => return Err(invalid("give checkpointEveryRecords or checkpointIntervalMs, not both")),
-            (Some(_), None) | (None, Some(_)) if o.checkpoint == kb::CheckpointPolicy::Manual => {
-                return Err(invalid(
-                    "checkpoint: 'manual' cannot be combined with checkpointEveryRecords or checkpointIntervalMs",
-                ))
-            }
-            (Some(n), None) => {
-                if !(n.is_finite() && n >= 1.0 && n.fract() == 0.0) {
-                    return Err(invalid(format!("checkpointEveryRecords must be a whole number >= 1, not {n}")));
-                }
-                o.checkpoint = kb::CheckpointPolicy::EveryRecords(n as u64);
-            }
-            (None, Some(ms)) => {
-                o.checkpoint = kb::CheckpointPolicy::Interval(positive_millis("checkpointIntervalMs", ms)?)
-            }
-            (None, None) => {}
-        }
-        if let Some(n) = self.max_concurrent_handlers {
-            o.max_concurrent_handlers = n as usize;
-        }
-        if let Some(n) = self.shard_queue_batches {
-            o.shard_queue_batches = n as usize;
-        }
-        if let Some(n) = self.handler_retries {
-            o.handler_retries = n;
-        }
-        o.retry_backoff = backoff(
-            defaults.retry_backoff,
-            ("retryInitialDelayMs", self.retry_initial_delay_ms),
-            ("retryMaxDelayMs", self.retry_max_delay_ms),
-        )?;
-        o.on_failure = match self.on_failure.as_deref() {
-            None | Some("stop") => kb::FailurePolicy::Stop,
-            Some("skip") => kb::FailurePolicy::Skip,
-            Some(other) => return Err(invalid(format!("onFailure must be 'stop' or 'skip', not {other:?}"))),
-        };
-        if let Some(ms) = self.handler_timeout_ms {
-            o.handler_timeout = Some(positive_millis("handlerTimeoutMs", ms)?);
-        }
-        o.reconnect_backoff = backoff(
-            defaults.reconnect_backoff,
-            ("reconnectInitialDelayMs", self.reconnect_initial_delay_ms),
-            ("reconnectMaxDelayMs", self.reconnect_max_delay_ms),
-        )?;
-        // Ranges are checked by index.js (named in camelCase) and by the client's validate().
-        o.max_reconnect_attempts = self.max_reconnect_attempts.or(o.max_reconnect_attempts);
-        o.max_initial_connect_attempts = self.max_initial_connect_attempts.or(o.max_initial_connect_attempts);
-        if let Some(ms) = self.request_timeout_ms {
-            o.request_timeout = positive_millis("requestTimeoutMs", ms)?;
-        }
-        if let Some(ms) = self.shutdown_timeout_ms {
-            o.shutdown_timeout = millis("shutdownTimeoutMs", ms)?;
-        }
-        Ok(o)
+    }
+}
+
+/// A client error thrown at construction: `InvalidArg` (an `InvalidArgumentError` in
+/// `index.js`) with the client's message as it is.
+fn construction_error(error: kb::Error) -> Error {
+    match error {
+        kb::Error::InvalidArgument(m) => invalid(m),
+        other => Error::new(Status::GenericFailure, other.to_string()),
     }
 }
 
@@ -389,17 +311,14 @@ pub struct NativeConsumer {
 
 #[napi]
 impl NativeConsumer {
-    /// Throws `InvalidArg` errors for bad arguments (`index.js` checks the types first).
+    /// Throws `InvalidArg` errors for bad arguments (`index.js` checks the types first,
+    /// the client every value).
     #[napi(constructor)]
     pub fn new(endpoint: String, app: String, streams: Vec<String>, options: Option<NativeOptions>) -> Result<Self> {
-        let options = match options {
-            Some(o) => o.into_options()?,
-            None => kb::ConsumerOptions { client_name: format!("node-{}", std::process::id()), ..Default::default() },
-        };
-        let inner = kb::Consumer::new(endpoint, app, streams, options).map_err(|e| match e {
-            kb::Error::InvalidArgument(m) => invalid(m),
-            other => Error::new(Status::GenericFailure, other.to_string()),
-        })?;
+        let mut raw = options.map(NativeOptions::into_raw).unwrap_or_default();
+        raw.client_name.get_or_insert_with(|| format!("node-{}", std::process::id()));
+        let options = raw.into_options(kb::Spelling::Camel).map_err(construction_error)?;
+        let inner = kb::Consumer::new(endpoint, app, streams, options).map_err(construction_error)?;
         Ok(Self { inner: Arc::new(inner) })
     }
 

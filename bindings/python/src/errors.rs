@@ -29,6 +29,16 @@ pub(crate) fn invalid_argument(py: Python<'_>, message: impl Into<String>) -> Py
     new_error(py, "InvalidArgumentError", message.into())
 }
 
+/// The exception for an error of the client's argument checks: `InvalidArgumentError`
+/// with the client's message as it is (the same text Node shows), any other error as
+/// [`to_py_err`] maps it.
+pub(crate) fn invalid_argument_error(py: Python<'_>, error: Error) -> PyErr {
+    match error {
+        Error::InvalidArgument(message) => invalid_argument(py, message),
+        other => to_py_err(py, other),
+    }
+}
+
 /// A Python exception raised by the user's handler, carried through the client as the
 /// source of its `Handler` error so that it can become the `__cause__` of `HandlerError`.
 pub(crate) struct HandlerRaised {

@@ -28,7 +28,7 @@ mod logging;
 mod options;
 mod types;
 
-use errors::{invalid_argument, to_py_err};
+use errors::{invalid_argument_error, to_py_err};
 use handler::PyHandler;
 use options::{type_name, Kwargs};
 
@@ -50,7 +50,8 @@ struct PyConsumer {
     streams: Vec<String>,
 }
 
-fn stream_names(py: Python<'_>, streams: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+/// A name or an iterable of names; the rules on them are the client's.
+fn stream_names(streams: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
     if let Ok(one) = streams.cast::<PyString>() {
         return Ok(vec![one.to_cow()?.into_owned()]);
     }
@@ -64,9 +65,6 @@ fn stream_names(py: Python<'_>, streams: &Bound<'_, PyAny>) -> PyResult<Vec<Stri
             .cast::<PyString>()
             .map_err(|_| PyTypeError::new_err(format!("stream names must be str, not {}", type_name(&item))))?;
         names.push(name.to_cow()?.into_owned());
-    }
-    if names.is_empty() {
-        return Err(invalid_argument(py, "streams is empty: name at least one stream"));
     }
     Ok(names)
 }
@@ -126,7 +124,7 @@ impl PyConsumer {
         request_timeout: Option<Bound<'py, PyAny>>,
         shutdown_timeout: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Self> {
-        let streams = stream_names(py, streams)?;
+        let streams = stream_names(streams)?;
         let options = Kwargs {
             client_name,
             auth_token,
@@ -154,8 +152,8 @@ impl PyConsumer {
             shutdown_timeout,
         }
         .into_options(py)?;
-        let inner =
-            kb::Consumer::new(endpoint.clone(), app.clone(), streams.clone(), options).map_err(|e| to_py_err(py, e))?;
+        let inner = kb::Consumer::new(endpoint.clone(), app.clone(), streams.clone(), options)
+            .map_err(|e| invalid_argument_error(py, e))?;
         Ok(Self { inner: Arc::new(inner), endpoint, app, streams })
     }
 

@@ -223,3 +223,102 @@ impl std::fmt::Debug for Checkpointer {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connection;
+    use crate::error::ErrorKind;
+    use crate::scripted::ScriptedButler;
+    use crate::test_support::short;
+    use tokio::time::Instant;
+
+    fn lease(butler: &ScriptedButler) -> Arc<ShardLease> {
+        let shard =
+            ShardInfo { stream: "s".into(), shard_id: "shard-1".into(), lease_epoch: 7, checkpoint: String::new() };
+        let api = connection::api(butler.channel());
+        Arc::new(ShardLease::new(api, "scripted".into(), "session-1".into(), Arc::new(shard), Duration::from_secs(10)))
+    }
+
+    fn pos(seq: &str) -> Position {
+        Position { sequence: seq.into(), sub_sequence: 0 }
+    }
+
+    fn stored(butler: &ScriptedButler) -> Vec<(String, u64, String, bool, bool)> {
+        butler.checkpoints().iter().map(short).collect()
+    }
+
+    #[tokio::test]
+    async fn stores_only_what_is_new_never_backwards_and_nothing_after_a_release() {
+        let butler = ScriptedButler::new();
+        let lease = lease(&butler);
+        lease.store(Target::Handled, false).await.expect("nothing to store is no call");
+        lease.progress().handled(pos("10"), 2, Instant::now());
+        lease.store(Target::Handled, false).await.unwrap();
+        lease.store(Target::Handled, false).await.unwrap();
+        lease.store(Target::At(pos("5")), false).await.expect("behind the stored one: no call");
+        lease.store(Target::At(pos("20")), false).await.unwrap();
+        lease.store(Target::Nothing, true).await.unwrap();
+        let after = lease.store(Target::At(pos("30")), false).await.expect_err("released");
+        assert_eq!(after.kind(), ErrorKind::LeaseLost);
+        let s = |seq: &str, release| ("shard-1".to_owned(), 7, seq.to_owned(), false, release);
+        assert_eq!(stored(&butler), vec![s("10", false), s("20", false), s("", true)]);
+        assert_eq!(butler.checkpoints()[0].session_id, "session-1");
+    }
+
+    #[tokio::test]
+    async fn shard_end_is_stored_once() {
+        let butler = ScriptedButler::new();
+        let lease = lease(&butler);
+        lease.store(Target::ShardEnd, false).await.unwrap();
+        assert!(lease.store(Target::ShardEnd, false).await.is_err(), "ended: later checkpoints fail");
+        assert_eq!(stored(&butler), vec![("shard-1".to_owned(), 7, String::new(), true, false)]);
+    }
+
+    #[tokio::test]
+    async fn transient_errors_are_retried_and_refusals_are_mapped() {
+        let butler = ScriptedButler::new();
+        let lease = lease(&butler);
+        butler.fail_checkpoints([tonic::Status::unavailable("blip"), tonic::Status::internal("hiccup")]);
+        lease.store(Target::At(pos("1")), false).await.expect("third attempt succeeds");
+        assert_eq!(butler.checkpoints().len(), 3);
+
+        butler.fail_checkpoints((0..CHECKPOINT_ATTEMPTS).map(|_| tonic::Status::unavailable("down")));
+        let err = lease.store(Target::At(pos("2")), false).await.expect_err("every attempt failed");
+        assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+        assert_eq!(butler.checkpoints().len(), 3 + CHECKPOINT_ATTEMPTS as usize);
+
+        let refusals = [
+            (tonic::Status::failed_precondition("stale epoch"), ErrorKind::LeaseLost),
+            (tonic::Status::not_found("no session"), ErrorKind::LeaseLost),
+            (tonic::Status::invalid_argument("regression"), ErrorKind::InvalidArgument),
+            (tonic::Status::unauthenticated("token"), ErrorKind::Unauthenticated),
+            (tonic::Status::unimplemented("old server"), ErrorKind::Server),
+        ];
+        for (status, kind) in refusals {
+            let before = butler.checkpoints().len();
+            butler.fail_checkpoints([status]);
+            let err = lease.store(Target::At(pos("3")), false).await.expect_err("refused");
+            assert_eq!(err.kind(), kind, "{err}");
+            assert_eq!(butler.checkpoints().len(), before + 1, "a refusal is not retried");
+        }
+        // Nothing refused was taken as stored: the position is sent again.
+        lease.store(Target::At(pos("3")), false).await.unwrap();
+        assert_eq!(butler.checkpoints().last().map(|c| c.sequence_number.clone()), Some("3".into()));
+    }
+
+    #[tokio::test]
+    async fn a_checkpointer_refuses_a_malformed_sequence_number_without_a_call() {
+        let butler = ScriptedButler::new();
+        let checkpointer = Checkpointer::new(lease(&butler), pos("42"));
+        for bad in ["", "12a", "-1"] {
+            let err = checkpointer.checkpoint_sequence(bad, 0).await.expect_err("malformed");
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        }
+        assert!(butler.checkpoints().is_empty());
+        checkpointer.checkpoint().await.unwrap();
+        checkpointer.checkpoint_sequence("7", 1).await.expect("behind the batch end: no call");
+        assert_eq!(stored(&butler), vec![("shard-1".to_owned(), 7, "42".to_owned(), false, false)]);
+        assert_eq!(checkpointer.shard().shard_id, "shard-1");
+    }
+}

@@ -41,8 +41,25 @@ impl Interceptor for BearerToken {
 #[derive(Clone, Debug)]
 pub(crate) struct Target {
     pub url: String,
-    endpoint: Endpoint,
+    connect: Connect,
     token: BearerToken,
+}
+
+/// An endpoint to connect to, or a channel the caller made.
+#[derive(Clone, Debug)]
+enum Connect {
+    Endpoint(Box<Endpoint>),
+    Channel(Channel),
+}
+
+fn bearer_token(options: &ConsumerOptions) -> Result<BearerToken, Error> {
+    let token = match &options.auth_token {
+        None => None,
+        Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
+            Error::InvalidArgument("auth_token must be printable ASCII (it is sent as a header)".into())
+        })?),
+    };
+    Ok(BearerToken(token))
 }
 
 /// HTTP/2 flow-control window of the session stream (records flow server → client).
@@ -101,21 +118,29 @@ impl Target {
             }
             (None, false) => {}
         }
-        let token = match &options.auth_token {
-            None => None,
-            Some(t) => Some(
-                format!("Bearer {t}")
-                    .parse()
-                    .map_err(|_| invalid("auth_token must be printable ASCII (it is sent as a header)".into()))?,
-            ),
-        };
-        Ok(Self { url: url.to_owned(), endpoint, token: BearerToken(token) })
+        let token = bearer_token(options)?;
+        Ok(Self { url: url.to_owned(), connect: Connect::Endpoint(Box::new(endpoint)), token })
+    }
+
+    /// A channel the caller made (its own transport, TLS and timeouts); the token is
+    /// still added to every call.
+    pub(crate) fn with_channel(channel: Channel, options: &ConsumerOptions) -> Result<Self, Error> {
+        if options.tls.is_some() {
+            return Err(Error::InvalidArgument(
+                "TLS options do not apply to a channel made by the caller: set TLS on its Endpoint".into(),
+            ));
+        }
+        let token = bearer_token(options)?;
+        Ok(Self { url: "(a channel made by the caller)".into(), connect: Connect::Channel(channel), token })
     }
 
     /// Connects (bounded by the endpoint's connect timeout).
     pub(crate) async fn connect(&self) -> Result<Api, Error> {
         let unreachable = |message: String| Error::Connection { endpoint: self.url.clone(), message };
-        let channel = self.endpoint.connect().await.map_err(|e| unreachable(error_chain(&e)))?;
+        let channel = match &self.connect {
+            Connect::Endpoint(endpoint) => endpoint.connect().await.map_err(|e| unreachable(error_chain(&e)))?,
+            Connect::Channel(channel) => channel.clone(),
+        };
         Ok(ButlerClient::with_interceptor(channel, self.token.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
     }
 }
@@ -130,4 +155,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// The generated client over `channel`, without a token (for unit tests).
+#[cfg(test)]
+pub(crate) fn api(channel: Channel) -> Api {
+    ButlerClient::with_interceptor(channel, BearerToken(None))
 }

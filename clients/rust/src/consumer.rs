@@ -41,12 +41,34 @@ impl Consumer {
         streams: impl IntoIterator<Item = S>,
         options: ConsumerOptions,
     ) -> Result<Self, Error> {
-        let (endpoint, app) = (endpoint.into(), app.into());
+        let endpoint = endpoint.into();
+        Self::with_target(app.into(), streams, options, |options| Target::new(&endpoint, options))
+    }
+
+    /// A consumer that reaches the server through `channel`, a tonic channel the caller
+    /// made (its own connector, TLS and timeouts), instead of an endpoint URL. The
+    /// options' `auth_token` is still sent on every call; `tls` must be `None` (TLS is
+    /// the channel's business). Errors as [`Consumer::new`].
+    pub fn with_channel<S: Into<String>>(
+        channel: tonic::transport::Channel,
+        app: impl Into<String>,
+        streams: impl IntoIterator<Item = S>,
+        options: ConsumerOptions,
+    ) -> Result<Self, Error> {
+        Self::with_target(app.into(), streams, options, |options| Target::with_channel(channel, options))
+    }
+
+    fn with_target<S: Into<String>>(
+        app: String,
+        streams: impl IntoIterator<Item = S>,
+        options: ConsumerOptions,
+        target: impl FnOnce(&ConsumerOptions) -> Result<Target, Error>,
+    ) -> Result<Self, Error> {
         let streams: Vec<String> = streams.into_iter().map(Into::into).collect();
         names::validate_name("app", &app).map_err(Error::InvalidArgument)?;
         names::validate_streams(&streams).map_err(Error::InvalidArgument)?;
         options.validate()?;
-        let target = Target::new(&endpoint, &options)?;
+        let target = target(&options)?;
         Ok(Self {
             target,
             app,

@@ -115,7 +115,9 @@
 //!
 //! [`Handler`] is object safe and returns boxed futures; a binding implements it on its
 //! own type and passes it to [`Consumer::run_shared`]. Settings are the plain struct
-//! [`ConsumerOptions`]; every error has a stable [`ErrorKind`] with a snake_case name
+//! [`ConsumerOptions`]; a binding fills [`RawOptions`] from its host's values (numbers
+//! and names, before any check) and [`RawOptions::into_options`] applies every rule once,
+//! with messages that name options in the binding's [`Spelling`]. Every error has a stable [`ErrorKind`] with a snake_case name
 //! ([`ErrorKind::as_str`]) to map to an exception class. [`Consumer::stop`] may be called
 //! from any thread; `run` then returns `Ok` once the shards are checkpointed.
 
@@ -129,8 +131,15 @@ mod handler;
 mod log_forward;
 mod options;
 mod policy;
+mod rules;
+/// The scripted in-process Butler of the integration tests, for the unit tests too.
+#[cfg(test)]
+#[path = "../tests/support/butler.rs"]
+mod scripted;
 mod session;
 mod shard_worker;
+#[cfg(test)]
+mod test_support;
 
 pub use bytes::Bytes;
 pub use checkpointer::Checkpointer;
@@ -138,5 +147,9 @@ pub use consumer::Consumer;
 pub use error::{Error, ErrorKind, HandlerError};
 pub use handler::{Batch, Handler, Record, ShardInfo, StopReason};
 pub use log_forward::forward_logs;
-pub use options::{BackoffSettings, CheckpointPolicy, ConsumerOptions, FailurePolicy, StartPosition, TlsOptions};
+pub use options::{
+    BackoffSettings, CheckpointPolicy, ConsumerOptions, FailurePolicy, RawOptions, StartPosition, TlsOptions,
+    UnknownValue,
+};
+pub use rules::Spelling;
 pub use tokio_util::sync::CancellationToken;

@@ -2,11 +2,13 @@
 //! it from keyword arguments or an options object.
 
 use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
 pub use kinesis_butler_proto::backoff::BackoffSettings;
 
 use crate::error::Error;
+use crate::rules::{self, Spelling};
 
 /// Where to start reading a shard that has no checkpoint yet. Shards with a checkpoint
 /// always resume right after it.
@@ -56,6 +58,105 @@ pub enum FailurePolicy {
     /// Log the error and go on as if the batch had been handled: it is checkpointed
     /// with the others and never delivered again.
     Skip,
+}
+
+/// A name that is none of an option's values (the error of the option enums' `FromStr`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownValue {
+    value: String,
+    expected: &'static str,
+}
+
+impl UnknownValue {
+    /// The name given.
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+}
+
+impl fmt::Display for UnknownValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}, not {:?}", self.expected, self.value)
+    }
+}
+
+impl std::error::Error for UnknownValue {}
+
+fn unknown(value: &str, expected: &'static str) -> UnknownValue {
+    UnknownValue { value: value.to_owned(), expected }
+}
+
+impl StartPosition {
+    /// `trim_horizon`, `latest` or `at_timestamp`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StartPosition::TrimHorizon => "trim_horizon",
+            StartPosition::Latest => "latest",
+            StartPosition::AtTimestamp { .. } => "at_timestamp",
+        }
+    }
+}
+
+/// `trim_horizon` or `latest` (a time is given as [`StartPosition::AtTimestamp`]).
+impl FromStr for StartPosition {
+    type Err = UnknownValue;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "trim_horizon" => Ok(StartPosition::TrimHorizon),
+            "latest" => Ok(StartPosition::Latest),
+            other => Err(unknown(other, "\"trim_horizon\" or \"latest\" (or a time)")),
+        }
+    }
+}
+
+impl CheckpointPolicy {
+    /// `batch`, `records`, `interval` or `manual`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CheckpointPolicy::EveryBatch => "batch",
+            CheckpointPolicy::EveryRecords(_) => "records",
+            CheckpointPolicy::Interval(_) => "interval",
+            CheckpointPolicy::Manual => "manual",
+        }
+    }
+}
+
+/// The modes without a value: `batch` or `manual` (the others are given by their
+/// count or interval).
+impl FromStr for CheckpointPolicy {
+    type Err = UnknownValue;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "batch" => Ok(CheckpointPolicy::EveryBatch),
+            "manual" => Ok(CheckpointPolicy::Manual),
+            other => Err(unknown(other, "\"batch\" or \"manual\"")),
+        }
+    }
+}
+
+impl FailurePolicy {
+    /// `stop` or `skip`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FailurePolicy::Stop => "stop",
+            FailurePolicy::Skip => "skip",
+        }
+    }
+}
+
+/// `stop` or `skip`.
+impl FromStr for FailurePolicy {
+    type Err = UnknownValue;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stop" => Ok(FailurePolicy::Stop),
+            "skip" => Ok(FailurePolicy::Skip),
+            other => Err(unknown(other, "\"stop\" or \"skip\"")),
+        }
+    }
 }
 
 /// TLS settings for an `https://` endpoint. With none, an `https://` endpoint is
@@ -188,44 +289,156 @@ fn default_client_name() -> String {
 }
 
 impl ConsumerOptions {
-    /// Checks the settings; called by [`crate::Consumer::new`].
+    /// Checks the settings; called by [`crate::Consumer::new`]. Messages name the
+    /// fields in snake_case (as [`ConsumerOptions::validate_as`] with [`Spelling::Snake`]).
     pub fn validate(&self) -> Result<(), Error> {
-        let invalid = |m: &str| Err(Error::InvalidArgument(m.to_owned()));
-        if self.max_concurrent_handlers == 0 {
-            return invalid("max_concurrent_handlers must be at least 1");
+        self.validate_as(Spelling::Snake)
+    }
+
+    /// Checks the settings, naming options in `spelling` (for bindings). The limits:
+    /// `max_records_per_batch` 0 to 10000, `max_concurrent_handlers` and
+    /// `shard_queue_batches` 1 to 2^20, every other count 1 (`handler_retries`: 0) to
+    /// 2^32 - 1, durations at most 10^9 seconds and more than zero except
+    /// `shutdown_timeout`, backoffs with `initial` not above `max`, a start time after
+    /// the Unix epoch.
+    pub fn validate_as(&self, spelling: Spelling) -> Result<(), Error> {
+        rules::check_start(self.start, spelling)?;
+        rules::MAX_RECORDS_PER_BATCH.check_unsigned(self.max_records_per_batch, spelling)?;
+        rules::check_checkpoint_policy(self.checkpoint, spelling)?;
+        rules::MAX_CONCURRENT_HANDLERS.check_unsigned(self.max_concurrent_handlers, spelling)?;
+        rules::SHARD_QUEUE_BATCHES.check_unsigned(self.shard_queue_batches, spelling)?;
+        rules::HANDLER_RETRIES.check_unsigned(self.handler_retries, spelling)?;
+        rules::RETRY_BACKOFF.check(self.retry_backoff, spelling)?;
+        if let Some(d) = self.handler_timeout {
+            rules::HANDLER_TIMEOUT.check(d, spelling)?;
         }
-        if self.shard_queue_batches == 0 {
-            return invalid("shard_queue_batches must be at least 1");
+        rules::RECONNECT_BACKOFF.check(self.reconnect_backoff, spelling)?;
+        if let Some(n) = self.max_reconnect_attempts {
+            rules::MAX_RECONNECT_ATTEMPTS.check_unsigned(n, spelling)?;
         }
-        if self.max_records_per_batch > 10_000 {
-            return invalid("max_records_per_batch must be at most 10000 (0 means the server's default)");
+        if let Some(n) = self.max_initial_connect_attempts {
+            rules::MAX_INITIAL_CONNECT_ATTEMPTS.check_unsigned(n, spelling)?;
         }
-        match self.checkpoint {
-            CheckpointPolicy::EveryRecords(0) => {
-                return invalid("CheckpointPolicy::EveryRecords needs at least 1 record")
-            }
-            CheckpointPolicy::Interval(d) if d.is_zero() => {
-                return invalid("CheckpointPolicy::Interval needs a positive duration")
-            }
-            _ => {}
-        }
-        if let StartPosition::AtTimestamp { timestamp_ms } = self.start {
-            if timestamp_ms <= 0 {
-                return invalid("StartPosition::AtTimestamp needs a positive timestamp_ms");
-            }
-        }
-        if self.handler_timeout.is_some_and(|d| d.is_zero()) {
-            return invalid("handler_timeout must be positive (or None for no limit)");
-        }
-        if self.request_timeout.is_zero() {
-            return invalid("request_timeout must be positive");
-        }
-        if self.max_reconnect_attempts == Some(0) || self.max_initial_connect_attempts == Some(0) {
-            return invalid(
-                "max_reconnect_attempts and max_initial_connect_attempts must be at least 1 (None: retry forever)",
-            );
-        }
+        rules::REQUEST_TIMEOUT.check(self.request_timeout, spelling)?;
+        rules::SHUTDOWN_TIMEOUT.check(self.shutdown_timeout, spelling)?;
         Ok(())
+    }
+}
+
+/// Settings as a binding receives them from its host language, before any rule was
+/// applied: every field optional (`None`: the default), counts as whole numbers,
+/// durations as numbers of the [`Spelling`]'s unit (seconds for `Snake`,
+/// milliseconds for `Camel`), enums by name. [`RawOptions::into_options`] applies
+/// every rule, so a binding only converts host types.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RawOptions {
+    /// [`ConsumerOptions::client_name`].
+    pub client_name: Option<String>,
+    /// [`ConsumerOptions::auth_token`].
+    pub auth_token: Option<String>,
+    /// [`ConsumerOptions::tls`].
+    pub tls: Option<TlsOptions>,
+    /// [`ConsumerOptions::start`] by name: `trim_horizon` or `latest`.
+    pub start: Option<String>,
+    /// [`ConsumerOptions::start`] as a time, in milliseconds since the Unix epoch.
+    pub start_timestamp_ms: Option<f64>,
+    /// [`ConsumerOptions::max_records_per_batch`].
+    pub max_records_per_batch: Option<i64>,
+    /// [`ConsumerOptions::checkpoint`]'s mode: `batch` or `manual`.
+    pub checkpoint: Option<String>,
+    /// [`CheckpointPolicy::EveryRecords`] (not with `checkpoint_interval` or manual).
+    pub checkpoint_every_records: Option<i64>,
+    /// [`CheckpointPolicy::Interval`] (not with `checkpoint_every_records` or manual).
+    pub checkpoint_interval: Option<f64>,
+    /// [`ConsumerOptions::max_concurrent_handlers`].
+    pub max_concurrent_handlers: Option<i64>,
+    /// [`ConsumerOptions::shard_queue_batches`].
+    pub shard_queue_batches: Option<i64>,
+    /// [`ConsumerOptions::handler_retries`].
+    pub handler_retries: Option<i64>,
+    /// [`ConsumerOptions::retry_backoff`]'s first delay; raises the default largest
+    /// delay when above it and `retry_max_delay` is not given.
+    pub retry_initial_delay: Option<f64>,
+    /// [`ConsumerOptions::retry_backoff`]'s largest delay.
+    pub retry_max_delay: Option<f64>,
+    /// [`ConsumerOptions::on_failure`]: `stop` or `skip`.
+    pub on_failure: Option<String>,
+    /// [`ConsumerOptions::handler_timeout`].
+    pub handler_timeout: Option<f64>,
+    /// [`ConsumerOptions::reconnect_backoff`]'s first delay (as `retry_initial_delay`).
+    pub reconnect_initial_delay: Option<f64>,
+    /// [`ConsumerOptions::reconnect_backoff`]'s largest delay.
+    pub reconnect_max_delay: Option<f64>,
+    /// [`ConsumerOptions::max_reconnect_attempts`].
+    pub max_reconnect_attempts: Option<i64>,
+    /// [`ConsumerOptions::max_initial_connect_attempts`].
+    pub max_initial_connect_attempts: Option<i64>,
+    /// [`ConsumerOptions::request_timeout`].
+    pub request_timeout: Option<f64>,
+    /// [`ConsumerOptions::shutdown_timeout`].
+    pub shutdown_timeout: Option<f64>,
+}
+
+impl RawOptions {
+    /// The settings, every rule applied; errors are
+    /// [`crate::ErrorKind::InvalidArgument`] naming the option in `spelling`.
+    pub fn into_options(self, spelling: Spelling) -> Result<ConsumerOptions, Error> {
+        let s = spelling;
+        let time = |rule: rules::Time, value: Option<f64>| value.map(|v| rule.of_number(v, s)).transpose();
+        let count = |rule: rules::Count, value: Option<i64>| value.map(|v| rule.check(v, s)).transpose();
+        let defaults = ConsumerOptions::default();
+        let checkpoint_interval = time(rules::CHECKPOINT_INTERVAL, self.checkpoint_interval)?;
+        let options = ConsumerOptions {
+            client_name: self.client_name.unwrap_or(defaults.client_name),
+            auth_token: self.auth_token,
+            tls: self.tls,
+            start: rules::start(self.start.as_deref(), self.start_timestamp_ms, s)?,
+            max_records_per_batch: count(rules::MAX_RECORDS_PER_BATCH, self.max_records_per_batch)?
+                .map_or(defaults.max_records_per_batch, |n| n as u32),
+            checkpoint: rules::checkpoint_policy(
+                self.checkpoint.as_deref(),
+                self.checkpoint_every_records,
+                checkpoint_interval,
+                s,
+            )?,
+            max_concurrent_handlers: count(rules::MAX_CONCURRENT_HANDLERS, self.max_concurrent_handlers)?
+                .map_or(defaults.max_concurrent_handlers, |n| n as usize),
+            shard_queue_batches: count(rules::SHARD_QUEUE_BATCHES, self.shard_queue_batches)?
+                .map_or(defaults.shard_queue_batches, |n| n as usize),
+            handler_retries: count(rules::HANDLER_RETRIES, self.handler_retries)?
+                .map_or(defaults.handler_retries, |n| n as u32),
+            retry_backoff: rules::RETRY_BACKOFF.merge(
+                defaults.retry_backoff,
+                time(rules::RETRY_INITIAL_DELAY, self.retry_initial_delay)?,
+                time(rules::RETRY_MAX_DELAY, self.retry_max_delay)?,
+                s,
+            )?,
+            on_failure: match self.on_failure.as_deref() {
+                Some(name) => rules::parse(rules::ON_FAILURE, name, s)?,
+                None => defaults.on_failure,
+            },
+            handler_timeout: time(rules::HANDLER_TIMEOUT, self.handler_timeout)?.or(defaults.handler_timeout),
+            reconnect_backoff: rules::RECONNECT_BACKOFF.merge(
+                defaults.reconnect_backoff,
+                time(rules::RECONNECT_INITIAL_DELAY, self.reconnect_initial_delay)?,
+                time(rules::RECONNECT_MAX_DELAY, self.reconnect_max_delay)?,
+                s,
+            )?,
+            max_reconnect_attempts: count(rules::MAX_RECONNECT_ATTEMPTS, self.max_reconnect_attempts)?
+                .map(|n| n as u32)
+                .or(defaults.max_reconnect_attempts),
+            max_initial_connect_attempts: count(
+                rules::MAX_INITIAL_CONNECT_ATTEMPTS,
+                self.max_initial_connect_attempts,
+            )?
+            .map(|n| n as u32)
+            .or(defaults.max_initial_connect_attempts),
+            request_timeout: time(rules::REQUEST_TIMEOUT, self.request_timeout)?.unwrap_or(defaults.request_timeout),
+            shutdown_timeout: time(rules::SHUTDOWN_TIMEOUT, self.shutdown_timeout)?
+                .unwrap_or(defaults.shutdown_timeout),
+        };
+        options.validate_as(s)?;
+        Ok(options)
     }
 }
 
@@ -246,11 +459,113 @@ mod tests {
             ConsumerOptions { handler_timeout: Some(Duration::ZERO), ..Default::default() },
             ConsumerOptions { max_reconnect_attempts: Some(0), ..Default::default() },
             ConsumerOptions { max_initial_connect_attempts: Some(0), ..Default::default() },
+            ConsumerOptions { max_concurrent_handlers: (1 << 20) + 1, ..Default::default() },
+            ConsumerOptions { request_timeout: Duration::ZERO, ..Default::default() },
+            ConsumerOptions { shutdown_timeout: Duration::MAX, ..Default::default() },
+            ConsumerOptions {
+                retry_backoff: BackoffSettings { initial: Duration::from_secs(2), max: Duration::from_secs(1) },
+                ..Default::default()
+            },
+            ConsumerOptions {
+                reconnect_backoff: BackoffSettings { initial: Duration::ZERO, max: Duration::from_secs(1) },
+                ..Default::default()
+            },
         ];
         for options in bad {
             let err = options.validate().expect_err("invalid");
             assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument, "{err}");
         }
+    }
+
+    #[test]
+    fn enums_parse_and_print_their_names() {
+        for p in [StartPosition::TrimHorizon, StartPosition::Latest] {
+            assert_eq!(p.as_str().parse::<StartPosition>(), Ok(p));
+        }
+        assert_eq!(StartPosition::AtTimestamp { timestamp_ms: 1 }.as_str(), "at_timestamp");
+        for p in [CheckpointPolicy::EveryBatch, CheckpointPolicy::Manual] {
+            assert_eq!(p.as_str().parse::<CheckpointPolicy>(), Ok(p));
+        }
+        assert_eq!(CheckpointPolicy::EveryRecords(5).as_str(), "records");
+        assert_eq!(CheckpointPolicy::Interval(Duration::from_secs(1)).as_str(), "interval");
+        for p in [FailurePolicy::Stop, FailurePolicy::Skip] {
+            assert_eq!(p.as_str().parse::<FailurePolicy>(), Ok(p));
+        }
+        let err = "ignore".parse::<FailurePolicy>().unwrap_err();
+        assert_eq!((err.value(), err.to_string().as_str()), ("ignore", "\"stop\" or \"skip\", not \"ignore\""));
+    }
+
+    fn refused(raw: RawOptions, spelling: Spelling) -> String {
+        match raw.into_options(spelling).expect_err("refused") {
+            Error::InvalidArgument(m) => m,
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn raw_options_apply_every_rule_with_the_callers_names() {
+        let all = RawOptions {
+            client_name: Some("me".into()),
+            start: Some("latest".into()),
+            max_records_per_batch: Some(100),
+            checkpoint_interval: Some(2.0),
+            max_concurrent_handlers: Some(4),
+            shard_queue_batches: Some(2),
+            handler_retries: Some(0),
+            retry_initial_delay: Some(9.0),
+            on_failure: Some("skip".into()),
+            handler_timeout: Some(1.5),
+            max_reconnect_attempts: Some(3),
+            request_timeout: Some(5.0),
+            shutdown_timeout: Some(0.0),
+            ..RawOptions::default()
+        };
+        let o = all.into_options(Spelling::Snake).expect("valid");
+        assert_eq!(o.client_name, "me");
+        assert_eq!(o.start, StartPosition::Latest);
+        assert_eq!(o.checkpoint, CheckpointPolicy::Interval(Duration::from_secs(2)));
+        assert_eq!((o.max_concurrent_handlers, o.shard_queue_batches, o.handler_retries), (4, 2, 0));
+        assert_eq!(o.retry_backoff, BackoffSettings { initial: Duration::from_secs(9), max: Duration::from_secs(9) });
+        assert_eq!(o.on_failure, FailurePolicy::Skip);
+        assert_eq!(o.handler_timeout, Some(Duration::from_millis(1500)));
+        assert_eq!((o.max_reconnect_attempts, o.max_initial_connect_attempts), (Some(3), Some(6)));
+        assert_eq!((o.request_timeout, o.shutdown_timeout), (Duration::from_secs(5), Duration::ZERO));
+        let millis = RawOptions { handler_timeout: Some(1500.0), ..Default::default() };
+        assert_eq!(millis.into_options(Spelling::Camel).unwrap().handler_timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(RawOptions::default().into_options(Spelling::Camel).unwrap(), ConsumerOptions::default());
+
+        // The same text in both spellings, but for the option's name.
+        let cases = [
+            (
+                RawOptions { max_records_per_batch: Some(10_001), ..Default::default() },
+                "max_records_per_batch",
+                "maxRecordsPerBatch",
+            ),
+            (RawOptions { handler_retries: Some(-1), ..Default::default() }, "handler_retries", "handlerRetries"),
+            (
+                RawOptions { max_initial_connect_attempts: Some(0), ..Default::default() },
+                "max_initial_connect_attempts",
+                "maxInitialConnectAttempts",
+            ),
+            (RawOptions { on_failure: Some("ignore".into()), ..Default::default() }, "on_failure", "onFailure"),
+            (
+                RawOptions { checkpoint_every_records: Some(0), ..Default::default() },
+                "checkpoint_every_records",
+                "checkpointEveryRecords",
+            ),
+            (
+                RawOptions { retry_initial_delay: Some(2.0), retry_max_delay: Some(1.0), ..Default::default() },
+                "retry_max_delay",
+                "retryMaxDelayMs",
+            ),
+        ];
+        for (raw, snake, camel) in cases {
+            let (s, c) = (refused(raw.clone(), Spelling::Snake), refused(raw, Spelling::Camel));
+            assert!(s.starts_with(snake) && c.starts_with(camel), "{s} / {c}");
+            assert_eq!(s.replace(snake, camel).replace("retry_initial_delay", "retryInitialDelayMs"), c, "one text");
+        }
+        let start = RawOptions { start_timestamp_ms: Some(-5.0), ..Default::default() };
+        assert!(refused(start, Spelling::Camel).starts_with("start must be a time after 1970"));
     }
 
     #[test]

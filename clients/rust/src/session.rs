@@ -327,3 +327,190 @@ impl Router<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::BackoffSettings;
+    use crate::scripted::{ScriptedButler, ScriptedSession};
+    use crate::test_support::{short, wait_calls, Call, Recording};
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    struct Rig {
+        butler: ScriptedButler,
+        script: ScriptedSession,
+        stop: CancellationToken,
+        task: tokio::task::JoinHandle<&'static str>,
+        calls: Arc<Mutex<Vec<Call>>>,
+        changed: watch::Sender<u64>,
+        gate: watch::Sender<bool>,
+    }
+
+    /// A session of app `app` on stream `s` through a scripted Butler, routed by `run`.
+    async fn start(options: ConsumerOptions) -> Rig {
+        let butler = ScriptedButler::new();
+        let (handler, gate) = Recording::new(0);
+        let (calls, changed) = (handler.calls.clone(), handler.changed.clone());
+        let shared = Arc::new(Shared {
+            target: Target::with_channel(butler.channel(), &options).unwrap(),
+            app: "app".into(),
+            streams: vec!["s".into()],
+            handler_slots: Arc::new(Semaphore::new(options.max_concurrent_handlers)),
+            options: Arc::new(options),
+            handler: Arc::new(handler),
+            shard_locks: Mutex::default(),
+        });
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let session = open(&shared).await.expect("session opens");
+                let mut workers = JoinSet::new();
+                let end = run(&shared, session, &stop, &mut workers).await;
+                while workers.join_next().await.is_some() {}
+                match end {
+                    SessionEnd::Stopped => "stopped",
+                    SessionEnd::Failed(_) => "failed",
+                    SessionEnd::Disconnected(_) => "disconnected",
+                }
+            }
+        });
+        let script = butler.session(0, 10).await;
+        Rig { butler, script, stop, task, calls, changed, gate }
+    }
+
+    fn options() -> ConsumerOptions {
+        let fast = BackoffSettings { initial: Duration::from_millis(1), max: Duration::from_millis(5) };
+        ConsumerOptions { max_records_per_batch: 10, retry_backoff: fast, ..ConsumerOptions::default() }
+    }
+
+    impl Rig {
+        async fn wait(&self, what: &str, done: impl Fn(&[Call]) -> bool) {
+            wait_calls(&self.calls, &self.changed, what, done).await;
+        }
+
+        fn batches(&self) -> Vec<(String, u64, Vec<String>)> {
+            Recording::calls(&self.calls)
+                .into_iter()
+                .filter_map(|c| match c {
+                    Call::Batch { shard_id, epoch, sequences, .. } => Some((shard_id, epoch, sequences)),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn hooks(&self) -> Vec<Call> {
+            Recording::calls(&self.calls).into_iter().filter(|c| !matches!(c, Call::Batch { .. })).collect()
+        }
+
+        async fn end(self) -> &'static str {
+            tokio::time::timeout(Duration::from_secs(10), self.task).await.expect("session ends").expect("no panic")
+        }
+    }
+
+    fn batch(shard: &str, epoch: u64, seqs: &[&str]) -> (String, u64, Vec<String>) {
+        (shard.into(), epoch, seqs.iter().map(|s| s.to_string()).collect())
+    }
+
+    fn started(shard: &str, epoch: u64) -> Call {
+        Call::Started { shard_id: shard.into(), epoch }
+    }
+
+    fn stopped(shard: &str, epoch: u64, reason: StopReason) -> Call {
+        Call::Stopped { shard_id: shard.into(), epoch, reason }
+    }
+
+    fn stored(butler: &ScriptedButler) -> BTreeSet<(String, u64, String, bool, bool)> {
+        butler.checkpoints().iter().map(short).collect()
+    }
+
+    fn cp(shard: &str, epoch: u64, seq: &str, release: bool) -> (String, u64, String, bool, bool) {
+        (shard.into(), epoch, seq.into(), false, release)
+    }
+
+    #[tokio::test]
+    async fn events_reach_the_worker_of_their_shard_and_epoch_only() {
+        let rig = start(options()).await;
+        let s = &rig.script;
+        assert_eq!((s.request.app.as_str(), s.request.streams.clone()), ("app", vec!["s".to_owned()]));
+        assert_eq!(s.request.max_records_per_batch, 10);
+        s.assign("s", "a", 1, "");
+        s.assign("s", "b", 1, "");
+        s.batch("s", "a", 1, &["1"]);
+        s.batch("s", "b", 1, &["2"]);
+        s.batch("s", "a", 9, &["x"]); // an epoch this session does not hold
+        s.batch("s", "c", 1, &["y"]); // a shard never assigned
+        s.assign("s", "a", 1, ""); // repeated: ignored
+        s.batch("s", "a", 1, &["3"]);
+        rig.wait("three batches", |c| c.iter().filter(|c| matches!(c, Call::Batch { .. })).count() >= 3).await;
+        rig.butler.wait_checkpoints(3, 10).await;
+        s.revoke("s", "b", 7, Reason::Rebalance); // not b's epoch: ignored
+        s.revoke("s", "a", 1, Reason::Rebalance);
+        rig.wait("a released", |c| c.contains(&stopped("a", 1, StopReason::Rebalanced))).await;
+        rig.stop.cancel();
+        let (butler, script) = (rig.butler.clone(), rig.script.clone());
+        let mut batches = rig.batches();
+        batches.sort();
+        let mut hooks = rig.hooks();
+        assert_eq!(rig.end().await, "stopped");
+        assert_eq!(batches, vec![batch("a", 1, &["1"]), batch("a", 1, &["3"]), batch("b", 1, &["2"])]);
+        hooks.retain(|h| matches!(h, Call::Started { .. }));
+        hooks.sort_by_key(|h| format!("{h:?}"));
+        assert_eq!(hooks, vec![started("a", 1), started("b", 1)], "one worker per shard lease");
+        let want = [cp("a", 1, "1", false), cp("a", 1, "3", false), cp("a", 1, "", true), cp("b", 1, "2", false)];
+        assert_eq!(stored(&butler), want.into_iter().collect());
+        script.wait_closed(5).await;
+    }
+
+    #[tokio::test]
+    async fn a_new_epoch_fences_the_old_worker_and_lease_lost_checkpoints_nothing() {
+        let rig = start(options()).await;
+        let s = &rig.script;
+        s.assign("s", "a", 1, "");
+        s.batch("s", "a", 1, &["1"]);
+        rig.wait("the first batch", |c| c.iter().any(|c| matches!(c, Call::Batch { .. }))).await;
+        s.assign("s", "a", 2, "1");
+        s.batch("s", "a", 2, &["2"]);
+        rig.wait("the second lease's batch", |c| c.iter().any(|c| matches!(c, Call::Batch { epoch: 2, .. }))).await;
+        s.revoke("s", "a", 2, Reason::LeaseLost);
+        rig.wait("the second lease lost", |c| c.contains(&stopped("a", 2, StopReason::LeaseLost))).await;
+        assert_eq!(
+            rig.hooks(),
+            vec![
+                started("a", 1),
+                stopped("a", 1, StopReason::LeaseLost),
+                started("a", 2),
+                stopped("a", 2, StopReason::LeaseLost)
+            ]
+        );
+        assert_eq!(stored(&rig.butler), [cp("a", 1, "1", false), cp("a", 2, "2", false)].into_iter().collect());
+        rig.script.end();
+        assert_eq!(rig.end().await, "disconnected");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_sheds_the_shard_and_releases_it_after_the_queued_batches() {
+        let rig = start(ConsumerOptions { shard_queue_batches: 1, ..options() }).await;
+        let s = &rig.script;
+        rig.gate.send_replace(false);
+        s.assign("s", "a", 1, "");
+        s.batch("s", "a", 1, &["1"]);
+        rig.wait("the batch in hand", |c| c.iter().any(|c| matches!(c, Call::Batch { .. }))).await;
+        s.batch("s", "a", 1, &["2"]); // queued
+        s.batch("s", "a", 1, &["3"]); // the queue is full: shed from here on
+        s.batch("s", "a", 1, &["4"]);
+        s.end_shard("s", "a", 1); // batches were dropped: not the end for this lease
+        s.assign("s", "b", 1, "");
+        s.batch("s", "b", 1, &["5"]); // another shard is not held up
+        rig.wait("b's batch", |c| c.iter().any(|c| matches!(c, Call::Batch { shard_id, .. } if shard_id == "b"))).await;
+        rig.gate.send_replace(true);
+        rig.wait("a released", |c| c.contains(&stopped("a", 1, StopReason::Released))).await;
+        let a: Vec<_> = rig.batches().into_iter().filter(|b| b.0 == "a").collect();
+        assert_eq!(a, vec![batch("a", 1, &["1"]), batch("a", 1, &["2"])]);
+        let want = [cp("a", 1, "1", false), cp("a", 1, "2", false), cp("a", 1, "", true), cp("b", 1, "5", false)];
+        assert_eq!(stored(&rig.butler), want.into_iter().collect());
+        rig.stop.cancel();
+        assert_eq!(rig.end().await, "stopped");
+    }
+}

@@ -388,3 +388,202 @@ fn panicked(payload: Box<dyn Any + Send>) -> HandlerError {
         .unwrap_or_else(|| "(a payload that is not text)".into());
     HandlerError::msg(format!("the handler panicked: {text}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connection;
+    use crate::options::BackoffSettings;
+    use crate::scripted::ScriptedButler;
+    use crate::test_support::{batch, short, wait_calls, Call, Recording};
+    use std::sync::Mutex;
+
+    /// A worker of `shard-1` at epoch 7 against a scripted Butler, and its controls.
+    struct Rig {
+        butler: ScriptedButler,
+        queue: mpsc::Sender<pb::RecordBatch>,
+        control: watch::Sender<Control>,
+        exits: mpsc::UnboundedReceiver<WorkerExit>,
+        calls: Arc<Mutex<Vec<Call>>>,
+        changed: watch::Sender<u64>,
+        gate: watch::Sender<bool>,
+    }
+
+    fn make_rig(options: ConsumerOptions, failures: u32) -> (Rig, ShardWorker) {
+        let butler = ScriptedButler::new();
+        let shard = Arc::new(ShardInfo {
+            stream: "s".into(),
+            shard_id: "shard-1".into(),
+            lease_epoch: 7,
+            checkpoint: "".into(),
+        });
+        let api = connection::api(butler.channel());
+        let lease = ShardLease::new(api, "scripted".into(), "session-1".into(), shard.clone(), Duration::from_secs(10));
+        let (handler, gate) = Recording::new(failures);
+        let (calls, changed) = (handler.calls.clone(), handler.changed.clone());
+        let (queue_tx, queue) = mpsc::channel(options.shard_queue_batches);
+        let (control_tx, control) = watch::channel(Control::default());
+        let (exits_tx, exits) = mpsc::unbounded_channel();
+        let worker = ShardWorker {
+            lease: Arc::new(lease),
+            handler: Arc::new(handler),
+            handler_slots: Arc::new(Semaphore::new(options.max_concurrent_handlers)),
+            options: Arc::new(options),
+            queue,
+            control,
+            shard_lock: Arc::default(),
+            reporter: ExitReporter::new(exits_tx, shard),
+        };
+        (Rig { butler, queue: queue_tx, control: control_tx, exits, calls, changed, gate }, worker)
+    }
+
+    fn options() -> ConsumerOptions {
+        let fast = BackoffSettings { initial: Duration::from_millis(1), max: Duration::from_millis(5) };
+        ConsumerOptions { retry_backoff: fast, ..ConsumerOptions::default() }
+    }
+
+    impl Rig {
+        async fn exit(&mut self) -> WorkerExit {
+            tokio::time::timeout(Duration::from_secs(10), self.exits.recv())
+                .await
+                .expect("worker exits")
+                .expect("an exit")
+        }
+
+        fn stored(&self) -> Vec<(String, bool, bool)> {
+            self.butler
+                .checkpoints()
+                .iter()
+                .map(short)
+                .map(|(_, epoch, seq, end, release)| {
+                    assert_eq!(epoch, 7, "fenced by the worker's epoch");
+                    (seq, end, release)
+                })
+                .collect()
+        }
+
+        fn batches(&self) -> Vec<(u32, Vec<String>)> {
+            Recording::calls(&self.calls)
+                .into_iter()
+                .filter_map(|c| match c {
+                    Call::Batch { attempt, sequences, .. } => Some((attempt, sequences)),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        async fn wait_batches(&self, n: usize) {
+            wait_calls(&self.calls, &self.changed, "handler calls", |calls| {
+                calls.iter().filter(|c| matches!(c, Call::Batch { .. })).count() >= n
+            })
+            .await;
+        }
+    }
+
+    fn seqs(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_failing_batch_is_retried_then_checkpointed_and_a_stop_ends_the_shard() {
+        let (mut rig, worker) = make_rig(options(), 2);
+        rig.queue.send(batch("s", "shard-1", 7, &["1", "2"])).await.unwrap();
+        tokio::spawn(worker.run());
+        rig.butler.wait_checkpoints(1, 10).await;
+        assert_eq!(rig.batches(), vec![(1, seqs(&["1", "2"])), (2, seqs(&["1", "2"])), (3, seqs(&["1", "2"]))]);
+        assert_eq!(rig.stored(), vec![("2".into(), false, false)], "once, after the success");
+
+        rig.control.send_modify(|c| c.stopping = true);
+        let exit = rig.exit().await;
+        assert_eq!(exit.reason, StopReason::ConsumerStopped);
+        assert!(exit.error.is_none());
+        assert_eq!(rig.stored().len(), 1, "nothing new to store, no release on a stop");
+        let calls = Recording::calls(&rig.calls);
+        assert_eq!(calls.first(), Some(&Call::Started { shard_id: "shard-1".into(), epoch: 7 }));
+        assert_eq!(
+            calls.last(),
+            Some(&Call::Stopped { shard_id: "shard-1".into(), epoch: 7, reason: StopReason::ConsumerStopped })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_revoke_while_handling_finishes_the_batch_in_hand_checkpoints_and_releases() {
+        let (mut rig, worker) = make_rig(options(), 0);
+        rig.gate.send_replace(false);
+        rig.queue.send(batch("s", "shard-1", 7, &["1"])).await.unwrap();
+        rig.queue.send(batch("s", "shard-1", 7, &["2"])).await.unwrap();
+        tokio::spawn(worker.run());
+        rig.wait_batches(1).await;
+        rig.control.send_modify(|c| c.revoked = Some(StopReason::Rebalanced));
+        rig.gate.send_replace(true);
+        let exit = rig.exit().await;
+        assert_eq!(exit.reason, StopReason::Rebalanced);
+        assert_eq!(rig.batches(), vec![(1, seqs(&["1"]))], "the queued batch is dropped");
+        assert_eq!(rig.stored(), vec![("1".into(), false, false), ("".into(), false, true)]);
+    }
+
+    #[tokio::test]
+    async fn at_a_shard_end_the_queued_batches_are_handled_then_shard_end_is_stored() {
+        let (mut rig, worker) = make_rig(options(), 0);
+        rig.queue.send(batch("s", "shard-1", 7, &["1"])).await.unwrap();
+        rig.queue.send(batch("s", "shard-1", 7, &["2"])).await.unwrap();
+        rig.control.send_modify(|c| c.ended = true);
+        tokio::spawn(worker.run());
+        let exit = rig.exit().await;
+        assert_eq!(exit.reason, StopReason::Ended);
+        assert_eq!(rig.batches(), vec![(1, seqs(&["1"])), (1, seqs(&["2"]))]);
+        assert_eq!(
+            rig.stored(),
+            vec![("1".into(), false, false), ("2".into(), false, false), ("".into(), true, false)]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_overflowed_shard_is_released_after_its_queued_batches() {
+        let (mut rig, worker) = make_rig(options(), 0);
+        rig.queue.send(batch("s", "shard-1", 7, &["1"])).await.unwrap();
+        rig.control.send_modify(|c| c.overflowed = true);
+        tokio::spawn(worker.run());
+        assert_eq!(rig.exit().await.reason, StopReason::Released);
+        assert_eq!(rig.stored(), vec![("1".into(), false, false), ("".into(), false, true)]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_failing_every_retry_stops_with_the_handlers_error_and_no_checkpoint() {
+        let (mut rig, worker) = make_rig(ConsumerOptions { handler_retries: 1, ..options() }, u32::MAX);
+        rig.queue.send(batch("s", "shard-1", 7, &["1"])).await.unwrap();
+        tokio::spawn(worker.run());
+        let exit = rig.exit().await;
+        assert_eq!(exit.reason, StopReason::HandlerFailed);
+        let error = exit.error.expect("the handler's error");
+        assert_eq!(error.kind(), ErrorKind::Handler);
+        assert!(
+            error.to_string().contains("2 attempt(s)") && error.to_string().contains("planned failure 2"),
+            "{error}"
+        );
+        assert!(rig.stored().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_lost_lease_or_a_broken_session_checkpoints_nothing() {
+        let (mut rig, worker) = make_rig(options(), 0);
+        rig.control.send_modify(|c| c.lost = true);
+        tokio::spawn(worker.run());
+        assert_eq!(rig.exit().await.reason, StopReason::LeaseLost);
+
+        let (mut rig2, worker) = make_rig(options(), 0);
+        rig2.queue.send(batch("s", "shard-1", 7, &["1"])).await.unwrap();
+        rig2.gate.send_replace(false);
+        tokio::spawn(worker.run());
+        rig2.wait_batches(1).await;
+        rig2.control.send_modify(|c| c.disconnected = true);
+        rig2.gate.send_replace(true);
+        assert_eq!(rig2.exit().await.reason, StopReason::Disconnected);
+        assert!(rig.stored().is_empty());
+        assert!(
+            rig2.stored().iter().all(|(_, end, release)| !end && !release),
+            "no release or end for a broken session: {:?}",
+            rig2.stored()
+        );
+    }
+}

@@ -1,16 +1,16 @@
-//! The Rust client library against a real server: every record reaches the handler once,
+//! The Rust client library against a scripted server: every record reaches the handler once,
 //! in order per shard; checkpoints follow the policy; a stop checkpoints what was handled
 //! and closes the session so its leases are free at once.
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Result;
-use common::client::{no_work, spawn, stop, test_options, Journal, Recorder, ShardEvent};
-use common::*;
 use kinesis_butler_client::{CheckpointPolicy, Consumer, ConsumerOptions, StopReason};
+use support::client::{no_work, spawn, stop, test_options, Journal, Recorder, ShardEvent};
+use support::*;
 
 /// Handled sequence numbers per shard, in handling order.
 fn handled(journal: &Journal) -> BTreeMap<String, Vec<String>> {
@@ -25,24 +25,14 @@ fn handled_count(journal: &Journal) -> usize {
     journal.batches().iter().map(|b| b.sequences.len()).sum()
 }
 
-async fn every_record_once(
-    emulator: Emulator,
-    shards: i32,
-    count: usize,
-    batch: u32,
-    policy: CheckpointPolicy,
-) -> Result<()> {
-    let kinesis = kinesis_client(emulator);
+async fn every_record_once(shards: usize, count: usize, batch: u32, policy: CheckpointPolicy) -> Result<()> {
     let stream = unique("client-all");
-    create_stream(&kinesis, &stream, shards).await?;
-    let put = put_records(&kinesis, &stream, 0, count).await?;
-    let dir = tempfile::tempdir()?;
-    let store = format!("sqlite://{}", dir.path().join("butler.db").display());
-    let server = TestServer::start(&store, emulator, &[]).await?;
+    let put = make_records(shards, count);
+    let server = ScriptedButler::serving(&stream, &put, 3);
 
     let journal = Journal::default();
     let options = ConsumerOptions { checkpoint: policy, ..test_options("all", batch) };
-    let consumer = Arc::new(Consumer::new(&server.addr, "app", [&stream], options)?);
+    let consumer = Arc::new(Consumer::with_channel(server.channel(), "app", [&stream], options)?);
     let task = spawn(&consumer, Recorder { consumer: "a".into(), journal: journal.clone(), work: no_work() });
     journal.wait_until(120, "every record handled", |j| handled_count(j) >= count).await?;
     stop(&consumer, task).await??;
@@ -76,31 +66,27 @@ async fn every_record_once(
     }
 
     // The stop stored the last record of every shard, whatever the policy.
-    let mut client = server.client().await?;
-    let described = describe(&mut client, "app", &stream).await?;
+    let described = server.describe_now();
     for lease in &described.leases {
         let last = &put[&lease.shard_id].last().expect("records").sequence_number;
         assert_eq!(&lease.checkpoint, last, "shard {}: final checkpoint", lease.shard_id);
     }
     // The session was closed: its leases are free without waiting for the lease TTL.
-    eventually(5, "the session's leases to be freed", || {
-        let mut client = client.clone();
-        let stream = stream.clone();
-        async move {
-            let d = describe(&mut client, "app", &stream).await?;
-            Ok(d.sessions.is_empty() && d.leases.iter().all(|l| l.owner.is_empty()))
-        }
-    })
-    .await?;
+    server
+        .wait_until(5, "the session's leases to be freed", |b| {
+            let d = b.describe_now();
+            d.sessions.is_empty() && d.leases.iter().all(|l| l.owner.is_empty())
+        })
+        .await;
     Ok(())
 }
 
 #[tokio::test]
-async fn kinesis_local_every_record_handled_once_in_order_and_checkpointed() -> Result<()> {
-    every_record_once(Emulator::KinesisLocal, 4, 2000, 100, CheckpointPolicy::EveryBatch).await
+async fn every_record_handled_once_in_order_and_checkpointed() -> Result<()> {
+    every_record_once(4, 2000, 100, CheckpointPolicy::EveryBatch).await
 }
 
 #[tokio::test]
-async fn kinesalite_volume_with_a_record_count_policy() -> Result<()> {
-    every_record_once(Emulator::Kinesalite, 8, 10_000, 500, CheckpointPolicy::EveryRecords(1000)).await
+async fn volume_with_a_record_count_policy() -> Result<()> {
+    every_record_once(8, 10_000, 500, CheckpointPolicy::EveryRecords(1000)).await
 }

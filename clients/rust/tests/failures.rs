@@ -2,28 +2,31 @@
 //! batch that fails every retry stops the consumer with the error (a panic is an error
 //! like any other), or is skipped with `FailurePolicy::Skip`.
 
-mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
-use common::client::{spawn, stop, test_options, Journal, Recorder, Work};
-use common::*;
 use kinesis_butler_client::{Consumer, ConsumerOptions, ErrorKind, FailurePolicy, HandlerError};
 use kinesis_butler_proto::butler_client::ButlerClient;
+use support::butler::Put;
+use support::client::{spawn, stop, test_options, Journal, Recorder, Work};
+use support::*;
 use tonic::transport::Channel;
 
-/// A one-shard stream with `count` records on kinesis-local, and a server.
-async fn one_shard(count: usize) -> Result<(String, Vec<Put>, TestServer, tempfile::TempDir)> {
-    let kinesis = kinesis_client(Emulator::KinesisLocal);
+/// A one-shard stream with `count` records, and a scripted server of them.
+async fn one_shard(count: usize) -> Result<(String, Vec<Put>, ScriptedButler, ())> {
     let stream = unique("client-fail");
-    create_stream(&kinesis, &stream, 1).await?;
-    let put = put_records(&kinesis, &stream, 0, count).await?.into_values().next().expect("one shard");
-    let dir = tempfile::tempdir()?;
-    let store = format!("sqlite://{}", dir.path().join("butler.db").display());
-    let server = TestServer::start(&store, Emulator::KinesisLocal, &[]).await?;
-    Ok((stream, put, server, dir))
+    let records = make_records(1, count);
+    let server = ScriptedButler::serving(&stream, &records, 3);
+    let put = records.into_values().next().expect("one shard");
+    Ok((stream, put, server, ()))
+}
+
+/// A Butler client of the scripted server (for `DescribeLeases`).
+fn butler_client(server: &ScriptedButler) -> ButlerClient<Channel> {
+    ButlerClient::new(server.channel())
 }
 
 async fn stored_checkpoint(client: &ButlerClient<Channel>, stream: &str) -> Result<String> {
@@ -36,7 +39,7 @@ async fn a_batch_failing_twice_is_delivered_three_times_and_checkpointed_only_af
     let (stream, put, server, _dir) = one_shard(100).await?;
     let first = put[0].sequence_number.clone();
     let first_batch_last = put[9].sequence_number.clone();
-    let client = server.client().await?;
+    let client = butler_client(&server);
 
     // What the stored checkpoint was at each call, keyed by (first record, attempt).
     let observed: Arc<Mutex<HashMap<(String, u32), String>>> = Arc::default();
@@ -56,7 +59,7 @@ async fn a_batch_failing_twice_is_delivered_three_times_and_checkpointed_only_af
         })
     };
     let journal = Journal::default();
-    let consumer = Arc::new(Consumer::new(&server.addr, "app", [&stream], test_options("retry", 10))?);
+    let consumer = Arc::new(Consumer::with_channel(server.channel(), "app", [&stream], test_options("retry", 10))?);
     let task = spawn(&consumer, Recorder { consumer: "a".into(), journal: journal.clone(), work });
     let handled = |j: &Journal| j.batches().iter().map(|b| b.sequences.len()).sum::<usize>();
     journal.wait_until(60, "all 100 records handled", |j| handled(j) >= 100).await?;
@@ -90,7 +93,7 @@ async fn a_panicking_handler_stops_the_consumer_with_a_handler_error_and_no_chec
     let work: Work = Arc::new(|_| Box::pin(async { panic!("boom in the handler") }));
     let journal = Journal::default();
     let options = ConsumerOptions { handler_retries: 2, ..test_options("panic", 10) };
-    let consumer = Arc::new(Consumer::new(&server.addr, "app", [&stream], options)?);
+    let consumer = Arc::new(Consumer::with_channel(server.channel(), "app", [&stream], options)?);
     let task = spawn(&consumer, Recorder { consumer: "a".into(), journal: journal.clone(), work });
 
     // `run` returns by itself: the panic is the consumer's error, not a crash.
@@ -102,15 +105,10 @@ async fn a_panicking_handler_stops_the_consumer_with_a_handler_error_and_no_chec
         "{text}"
     );
     assert!(journal.batches().is_empty());
-    let client = server.client().await?;
+    let client = butler_client(&server);
     assert_eq!(stored_checkpoint(&client, &stream).await?, "", "nothing checkpointed");
     // The failed consumer closed its session: the shard is free for the next one.
-    eventually(5, "the lease to be freed", || {
-        let mut client = client.clone();
-        let stream = stream.clone();
-        async move { Ok(describe(&mut client, "app", &stream).await?.leases.iter().all(|l| l.owner.is_empty())) }
-    })
-    .await?;
+    server.wait_until(5, "the lease to be freed", |b| b.describe_now().leases.iter().all(|l| l.owner.is_empty())).await;
     Ok(())
 }
 
@@ -129,7 +127,7 @@ async fn skip_policy_logs_a_failing_batch_and_goes_on() -> Result<()> {
     });
     let journal = Journal::default();
     let options = ConsumerOptions { handler_retries: 1, on_failure: FailurePolicy::Skip, ..test_options("skip", 10) };
-    let consumer = Arc::new(Consumer::new(&server.addr, "app", [&stream], options)?);
+    let consumer = Arc::new(Consumer::with_channel(server.channel(), "app", [&stream], options)?);
     let task = spawn(&consumer, Recorder { consumer: "a".into(), journal: journal.clone(), work });
     let handled = |j: &Journal| j.batches().iter().map(|b| b.sequences.len()).sum::<usize>();
     journal.wait_until(60, "the 40 records after the poison batch handled", |j| handled(j) >= 40).await?;
@@ -138,7 +136,7 @@ async fn skip_policy_logs_a_failing_batch_and_goes_on() -> Result<()> {
     let seqs: Vec<String> = journal.batches().into_iter().flat_map(|b| b.sequences).collect();
     let want: Vec<String> = put[10..].iter().map(|p| p.sequence_number.clone()).collect();
     assert_eq!(seqs, want, "everything after the skipped batch, once, in order");
-    let client = server.client().await?;
+    let client = butler_client(&server);
     assert_eq!(stored_checkpoint(&client, &stream).await?, put.last().unwrap().sequence_number);
     Ok(())
 }

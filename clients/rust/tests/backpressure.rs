@@ -3,28 +3,25 @@
 //! dropped); once the handler returns the shard is released and read again from its
 //! checkpoint, so none of its records is lost either.
 
-mod common;
+mod support;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use anyhow::Result;
-use common::client::{spawn, stop, test_options, Journal, Recorder, ShardEvent, Work};
-use common::*;
 use kinesis_butler_client::{Consumer, ConsumerOptions, StopReason};
+use support::client::{spawn, stop, test_options, Journal, Recorder, ShardEvent, Work};
+use support::*;
 use tokio::sync::watch;
 
 #[tokio::test]
 async fn a_stuck_handler_on_one_shard_does_not_stop_the_others() -> Result<()> {
-    let emulator = Emulator::KinesisLocal;
-    let kinesis = kinesis_client(emulator);
     let stream = unique("client-stuck");
-    create_stream(&kinesis, &stream, 4).await?;
-    let put = put_records(&kinesis, &stream, 0, 800).await?;
+    let put = make_records(4, 800);
     let stuck = put.keys().next().expect("shards").clone();
-    let dir = tempfile::tempdir()?;
-    let store = format!("sqlite://{}", dir.path().join("butler.db").display());
-    let server = TestServer::start(&store, emulator, &[]).await?;
+    // Up to 4 batches beyond a shard's checkpoint: more than the stuck shard's queue
+    // (2) and the batch in hand hold.
+    let server = ScriptedButler::serving(&stream, &put, 4);
 
     // The first call on the stuck shard waits for the gate.
     let (gate, gate_rx) = watch::channel(false);
@@ -43,7 +40,7 @@ async fn a_stuck_handler_on_one_shard_does_not_stop_the_others() -> Result<()> {
     };
     let journal = Journal::default();
     let options = ConsumerOptions { shard_queue_batches: 2, ..test_options("stuck", 10) };
-    let consumer = Arc::new(Consumer::new(&server.addr, "app", [&stream], options)?);
+    let consumer = Arc::new(Consumer::with_channel(server.channel(), "app", [&stream], options)?);
     let task = spawn(&consumer, Recorder { consumer: "a".into(), journal: journal.clone(), work });
 
     let handled_on = |j: &Journal, shard: &str| {
