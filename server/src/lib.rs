@@ -13,13 +13,11 @@
 pub(crate) mod api;
 pub mod cli;
 pub mod clock;
-pub(crate) mod coordination;
+pub mod coordination;
 pub(crate) mod error;
 pub(crate) mod metrics;
 pub(crate) mod redact;
 pub mod retrieval;
 pub mod seqnum;
 pub mod server;
-pub mod store2;
-/// The lease store (the module is renamed once every backend has moved over).
-pub use store2 as store;
+pub mod store;

@@ -21,7 +21,7 @@ async fn postgres_over_tls_is_verified_and_passwords_stay_out_of_errors() -> any
         // services.sh installs Debian's PostgreSQL, which creates it; say so loudly if not.
         anyhow::bail!("{SNAKEOIL} is missing: the local PostgreSQL serves no TLS to test against");
     }
-    let schema = format!("kb_tls_{}", std::process::id());
+    let schema = format!("kb2_tls_{}", std::process::id());
     let verified = url(&format!("sslmode=require&sslrootcert={SNAKEOIL}&schema={schema}"));
     let store = store::open(&verified).await.map_err(|e| anyhow::anyhow!("TLS store: {e}"))?;
     let leases = store.read_leases(&GroupKey::new("app", "stream")).await?;

@@ -353,8 +353,9 @@ impl Group {
             state.records_read = Some((read_at, Instant::now()));
             state.liveness.stale(Instant::now(), SESSION_RECORD_RETENTION)
         };
-        for (id, version) in stale {
-            if self.leases.store().delete_session(key, &id, Some(version)).await? {
+        if !stale.is_empty() {
+            let local: Vec<String> = self.state().sessions.keys().cloned().collect();
+            for id in self.leases.remove_stale_sessions(key, &stale, &local).await? {
                 info!(app = %key.app, stream = %key.stream, session = %id, "deleted the record of a dead session");
             }
         }

@@ -24,20 +24,20 @@ struct Seen {
 
 /// The liveness view of one instance for one group.
 #[derive(Debug)]
-pub(crate) struct Liveness {
+pub struct Liveness {
     ttl: Duration,
     seen: HashMap<String, Seen>,
 }
 
 impl Liveness {
     /// A view in which nothing is alive yet.
-    pub(crate) fn new(ttl: Duration) -> Self {
+    pub fn new(ttl: Duration) -> Self {
         Self { ttl, seen: HashMap::new() }
     }
 
     /// Takes in one read of the session records and the sessions the leases name.
     /// Sessions in neither are forgotten.
-    pub(crate) fn observe<'a>(
+    pub fn observe<'a>(
         &mut self,
         records: &[Versioned<SessionRecord>],
         referenced: impl IntoIterator<Item = &'a str>,
@@ -66,19 +66,18 @@ impl Liveness {
     }
 
     /// Whether `session` is alive at `now`.
-    #[cfg(test)]
-    pub(crate) fn is_alive(&self, session: &str, now: Instant) -> bool {
+    pub fn is_alive(&self, session: &str, now: Instant) -> bool {
         self.seen.get(session).is_some_and(|s| now.saturating_duration_since(s.since) < self.ttl)
     }
 
     /// Every session alive at `now`.
-    pub(crate) fn alive(&self, now: Instant) -> impl Iterator<Item = &String> + '_ {
+    pub fn alive(&self, now: Instant) -> impl Iterator<Item = &String> + '_ {
         self.seen.iter().filter(move |(_, s)| now.saturating_duration_since(s.since) < self.ttl).map(|(id, _)| id)
     }
 
     /// Session records whose heartbeat has not changed for `retention`, with the version
     /// seen (delete them only at that version).
-    pub(crate) fn stale(&self, now: Instant, retention: Duration) -> Vec<(String, u64)> {
+    pub fn stale(&self, now: Instant, retention: Duration) -> Vec<(String, u64)> {
         self.seen
             .iter()
             .filter(|(_, s)| now.saturating_duration_since(s.since) >= retention)

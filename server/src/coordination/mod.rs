@@ -5,5 +5,5 @@ pub(crate) mod balancer;
 pub(crate) mod butler;
 pub(crate) mod decide;
 pub(crate) mod group;
-pub(crate) mod liveness;
+pub mod liveness;
 pub(crate) mod session;

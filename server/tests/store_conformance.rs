@@ -1,18 +1,18 @@
-//! One conformance suite for every store2 backend, driven through `Leases` (the one place
+//! One conformance suite for every store backend, driven through `Leases` (the one place
 //! the lease rules run), each against a real server: memory, SQLite, Redis, Redis Cluster
-//! and PostgreSQL (see `store2_common`).
+//! and PostgreSQL (see `store_common`).
 
-mod store2_common;
+mod store_common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use futures::future::join_all;
 use kinesis_butler::seqnum::SequenceNumber;
-use kinesis_butler::store2::{
+use kinesis_butler::store::{
     self, Checkpoint, GroupKey, Lease, LeaseWrite, Leases, SessionRecord, ShardInfo, StoreError, Versioned,
 };
-use store2_common::{cluster_url, run, Backend, Cleanup, OPEN_TIMEOUT, TEST_TIMEOUT};
+use store_common::{cluster_url, run, Backend, Cleanup, OPEN_TIMEOUT, TEST_TIMEOUT};
 
 const S0: &str = "shardId-000000000000";
 const S1: &str = "shardId-000000000001";
@@ -48,7 +48,7 @@ macro_rules! conformance_tests {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $test() {
-                super::run(super::store2_common::$open(), super::$test).await
+                super::run(super::store_common::$open(), super::$test).await
             }
         )*
     };
@@ -490,13 +490,13 @@ async fn liveness_follows_beats_on_the_observers_clock(l: Leases) {
     for id in ["s1", "s2"] {
         l.put_session(&g, &session(id, id)).await.unwrap();
     }
-    let mut live = store2::Liveness::new(ttl);
+    let mut live = kinesis_butler::coordination::liveness::Liveness::new(ttl);
     let t0 = Instant::now();
-    live.observe(&l.sessions(&g).await.unwrap(), t0);
+    live.observe(&l.sessions(&g).await.unwrap(), [], t0);
     assert!(live.is_alive("s1", t0) && live.is_alive("s2", t0), "first sight counts as a change");
     for round in 1..=3u64 {
         l.beat(&g, &["s1".to_owned()]).await.unwrap();
-        live.observe(&l.sessions(&g).await.unwrap(), t0 + secs(6 * round));
+        live.observe(&l.sessions(&g).await.unwrap(), [], t0 + secs(6 * round));
     }
     let now = t0 + secs(18);
     assert!(live.is_alive("s1", now + secs(9)), "beaten every round");
@@ -520,7 +520,7 @@ async fn liveness_follows_beats_on_the_observers_clock(l: Leases) {
 
     // A dropped session's record is gone: it is dead at once.
     l.drop_session(&g, "s1").await.unwrap();
-    live.observe(&l.sessions(&g).await.unwrap(), now + secs(1));
+    live.observe(&l.sessions(&g).await.unwrap(), [], now + secs(1));
     assert!(!live.is_alive("s1", now + secs(1)));
 }
 
@@ -532,7 +532,7 @@ async fn ping_answers(l: Leases) {
 
 /// Opens `url` and expects it to fail.
 async fn open_error(url: &str) -> StoreError {
-    match tokio::time::timeout(OPEN_TIMEOUT, store2::open(url)).await.expect("open timed out") {
+    match tokio::time::timeout(OPEN_TIMEOUT, store::open(url)).await.expect("open timed out") {
         Ok(_) => panic!("{url} opened"),
         Err(e) => e,
     }
@@ -570,7 +570,7 @@ async fn unsupported_options_are_clear_errors() {
 #[tokio::test]
 async fn a_group_keeps_its_keys_in_one_cluster_slot() {
     // Groups whose tags hash to different nodes all work (their scripts touch two keys).
-    let b = store2_common::open_redis_cluster().await;
+    let b = store_common::open_redis_cluster().await;
     let l = b.leases();
     let groups: Vec<GroupKey> = (0..12).map(|i| GroupKey::new(format!("app-{i}"), "stream")).collect();
     for g in &groups {
@@ -587,7 +587,7 @@ async fn a_group_keeps_its_keys_in_one_cluster_slot() {
 
 /// A `notify` on one store handle wakes a `watch` on another (two connections, as two
 /// instances would have), and only for the group watched.
-async fn notify_wakes_another_handles_watch(a: store2_common::Backend, b: store2_common::Backend) {
+async fn notify_wakes_another_handles_watch(a: store_common::Backend, b: store_common::Backend) {
     use futures::StreamExt;
     use std::time::Duration;
     let within = Duration::from_secs(10);
@@ -611,22 +611,22 @@ async fn watch_test(open: impl std::future::Future<Output = Backend>, url_for: i
     let (Cleanup::Redis(name) | Cleanup::RedisCluster(name) | Cleanup::Postgres(name)) = &a.cleanup else {
         unreachable!("a backend with a server")
     };
-    let b = store2::open(&url_for(name)).await.expect("a second handle");
+    let b = store::open(&url_for(name)).await.expect("a second handle");
     let test = notify_wakes_another_handles_watch(a, Backend { store: b, cleanup: Cleanup::Nothing });
     tokio::time::timeout(TEST_TIMEOUT, test).await.expect("in time");
 }
 
 #[tokio::test]
 async fn redis_notify_wakes_a_watch() {
-    watch_test(store2_common::open_redis(), |p| format!("{}?prefix={p}", store2_common::REDIS_URL)).await
+    watch_test(store_common::open_redis(), |p| format!("{}?prefix={p}", store_common::REDIS_URL)).await
 }
 
 #[tokio::test]
 async fn redis_cluster_notify_wakes_a_watch() {
-    watch_test(store2_common::open_redis_cluster(), |p| format!("{}?prefix={p}", cluster_url())).await
+    watch_test(store_common::open_redis_cluster(), |p| format!("{}?prefix={p}", cluster_url())).await
 }
 
 #[tokio::test]
 async fn postgres_notify_wakes_a_watch() {
-    watch_test(store2_common::open_postgres(), |s| format!("{}?schema={s}", store2_common::POSTGRES_URL)).await
+    watch_test(store_common::open_postgres(), |s| format!("{}?schema={s}", store_common::POSTGRES_URL)).await
 }

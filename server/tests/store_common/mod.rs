@@ -1,4 +1,4 @@
-//! Backends for the store2 test suites, each against a real server: memory, SQLite (a
+//! Backends for the store test suites, each against a real server: memory, SQLite (a
 //! temporary file), Redis on 127.0.0.1:6379 and the Redis Cluster on 127.0.0.1:7301-7303
 //! (`scripts/services.sh` starts it; a key prefix per test) and PostgreSQL on
 //! 127.0.0.1:5432, database `test` (a schema per test). A backend that cannot be reached
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use kinesis_butler::store2::{self, LeaseStore, Leases};
+use kinesis_butler::store::{self, LeaseStore, Leases};
 
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379/";
 pub const CLUSTER_NODES: [&str; 3] = ["127.0.0.1:7301", "127.0.0.1:7302", "127.0.0.1:7303"];
@@ -49,26 +49,26 @@ pub fn cluster_url() -> String {
 }
 
 pub async fn open_memory() -> Backend {
-    Backend { store: store2::open("memory://").await.expect("memory store"), cleanup: Cleanup::Nothing }
+    Backend { store: store::open("memory://").await.expect("memory store"), cleanup: Cleanup::Nothing }
 }
 
 pub async fn open_sqlite() -> Backend {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("butler.db").display());
-    let store = store2::open(&url).await.expect("open sqlite store");
+    let store = store::open(&url).await.expect("open sqlite store");
     Backend { store, cleanup: Cleanup::Sqlite(dir) }
 }
 
 pub async fn open_redis() -> Backend {
     let prefix = unique();
     let store =
-        store2::open(&format!("{REDIS_URL}?prefix={prefix}")).await.expect("Redis must be running on 127.0.0.1:6379");
+        store::open(&format!("{REDIS_URL}?prefix={prefix}")).await.expect("Redis must be running on 127.0.0.1:6379");
     Backend { store, cleanup: Cleanup::Redis(prefix) }
 }
 
 pub async fn open_redis_cluster() -> Backend {
     let prefix = unique();
-    let store = store2::open(&format!("{}?prefix={prefix}", cluster_url()))
+    let store = store::open(&format!("{}?prefix={prefix}", cluster_url()))
         .await
         .expect("a Redis Cluster must be running on 127.0.0.1:7301-7303 (scripts/services.sh starts it)");
     Backend { store, cleanup: Cleanup::RedisCluster(prefix) }
@@ -77,7 +77,7 @@ pub async fn open_redis_cluster() -> Backend {
 pub async fn open_postgres() -> Backend {
     let schema = unique();
     // Commits need not wait for the disk in tests (the suite is about semantics).
-    let store = store2::open(&format!("{POSTGRES_URL}?schema={schema}&options=-c%20synchronous_commit%3Doff"))
+    let store = store::open(&format!("{POSTGRES_URL}?schema={schema}&options=-c%20synchronous_commit%3Doff"))
         .await
         .expect("PostgreSQL must be running on 127.0.0.1:5432 with database `test`");
     Backend { store, cleanup: Cleanup::Postgres(schema) }

@@ -4,12 +4,12 @@
 //!
 //! `STORE2_SEEDS=a,b,…` replays chosen seeds; `STORE2_OPS=n` sets the operations per seed.
 
-mod store2_common;
+mod store_common;
 
 use std::fmt::Debug;
 
 use kinesis_butler::seqnum::SequenceNumber;
-use kinesis_butler::store2::{Checkpoint, GroupKey, Lease, Leases, MemoryStore, SessionRecord, ShardInfo, Versioned};
+use kinesis_butler::store::{Checkpoint, GroupKey, Lease, Leases, MemoryStore, SessionRecord, ShardInfo, Versioned};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
@@ -25,7 +25,7 @@ macro_rules! property_tests {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $backend() {
-                store2_common::run(store2_common::$open(), compare_with_reference).await
+                store_common::run(store_common::$open(), compare_with_reference).await
             }
         )*
     };

@@ -3,9 +3,9 @@
 //! the commands a script runs) on the test Redis Cluster (127.0.0.1:7301-7303, used only
 //! by these tests; cargo runs test binaries one at a time). Target: ≤ 0.05 commands per shard per second.
 
-mod store2_common;
+mod store_common;
 
-use kinesis_butler::store2::{GroupKey, SessionRecord, ShardInfo};
+use kinesis_butler::store::{GroupKey, SessionRecord, ShardInfo};
 
 const SHARDS: usize = 10_000;
 const ROUNDS: u64 = 20;
@@ -13,7 +13,7 @@ const ROUNDS: u64 = 20;
 /// Commands the cluster ran so far, without the `INFO` calls that count them.
 async fn commands_run() -> u64 {
     let mut total = 0;
-    for node in store2_common::CLUSTER_NODES {
+    for node in store_common::CLUSTER_NODES {
         let client = ::redis::Client::open(format!("redis://{node}/")).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
         let stats: String = ::redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap();
@@ -27,7 +27,7 @@ async fn commands_run() -> u64 {
 
 #[tokio::test]
 async fn an_idle_round_costs_a_constant_number_of_commands() {
-    store2_common::run(store2_common::open_redis_cluster(), |l| async move {
+    store_common::run(store_common::open_redis_cluster(), |l| async move {
         let g = GroupKey::new("app", "big-stream");
         let shards: Vec<ShardInfo> = (0..SHARDS)
             .map(|i| ShardInfo { shard_id: format!("shardId-{i:012}"), parent_shard_ids: vec![], closed: false })

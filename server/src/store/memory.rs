@@ -153,7 +153,7 @@ impl LeaseStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store2::ShardInfo;
+    use crate::store::ShardInfo;
 
     fn g() -> GroupKey {
         GroupKey::new("app", "stream")

@@ -257,7 +257,7 @@ impl Leases {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store2::MemoryStore;
+    use crate::store::MemoryStore;
 
     fn g() -> GroupKey {
         GroupKey::new("app", "stream")
