@@ -60,3 +60,10 @@ if ! cluster_ok; then
   cluster_ok || { echo "Redis Cluster on 7301-7303 is not ok" >&2; exit 1; }
   echo "started Redis Cluster (7301-7303)"
 fi
+
+# Debian's faketime preload library: the clock-skew test runs server instances with their
+# wall clock moved (monotonic clock untouched).
+if ! ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1; then
+  apt_install faketime
+  echo "installed faketime"
+fi

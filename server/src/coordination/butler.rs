@@ -269,28 +269,25 @@ impl Butler {
             Some(Checkpoint::At { sequence, sub_sequence: req.sub_sequence_number })
         };
         let key = GroupKey::new(&session.app, &req.stream);
-        if let Some(cp) = &checkpoint {
-            let started = std::time::Instant::now();
-            let stored = self.leases.checkpoint(&key, &req.shard_id, &session.id, req.lease_epoch, cp).await;
+        let releasing = req.release || req.shard_end;
+        let group = if releasing { self.groups.lock().expect("groups").get(&key).cloned() } else { None };
+        let started = std::time::Instant::now();
+        let stored = match (&group, &checkpoint) {
+            // The final checkpoint and the release in one conditional write.
+            (Some(group), cp) => group.release(&session.id, &req.shard_id, req.lease_epoch, cp.as_ref()).await,
+            (None, Some(cp)) => {
+                self.leases.checkpoint(&key, &req.shard_id, &session.id, req.lease_epoch, cp).await.map_err(Into::into)
+            }
+            (None, None) => Ok(()),
+        };
+        if checkpoint.is_some() {
             metrics::histogram!(m::CHECKPOINT_SECONDS).record(started.elapsed().as_secs_f64());
-            if let Err(e) = stored {
-                let e = ButlerError::from(e);
-                metrics::counter!(m::CHECKPOINT_FAILURES, "code" => e.code_name()).increment(1);
-                return Err(e);
-            }
-            metrics::counter!(m::CHECKPOINTS).increment(1);
-        }
-        if req.release || req.shard_end {
-            let group = self.groups.lock().expect("groups").get(&key).cloned();
-            if let Some(group) = group {
-                match group.release(&session.id, &req.shard_id, req.lease_epoch).await {
-                    // The fenced SHARD_END checkpoint above was stored; a balancing round may
-                    // free a finished lease before this release arrives, which is no failure.
-                    Err(ButlerError::FailedPrecondition(_)) if req.shard_end => {}
-                    other => other?,
-                }
+            match &stored {
+                Ok(()) => metrics::counter!(m::CHECKPOINTS).increment(1),
+                Err(e) => metrics::counter!(m::CHECKPOINT_FAILURES, "code" => e.code_name()).increment(1),
             }
         }
+        stored?;
         Ok(())
     }
 

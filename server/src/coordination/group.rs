@@ -71,6 +71,9 @@ struct GroupState {
     records_read: Option<(Instant, Instant)>,
     /// When this instance last renewed its sessions.
     last_renewed: Option<Instant>,
+    /// Shard → the highest epoch this instance gave up (released, stopped, dropped). A
+    /// round whose lease read predates the release must not start that epoch again.
+    given_up: HashMap<String, u64>,
 }
 
 /// The shared state of one app and stream on this instance.
@@ -114,12 +117,18 @@ impl Group {
                 leases: None,
                 records: Vec::new(),
                 records_read: None,
+                given_up: HashMap::new(),
                 last_renewed: None,
             }),
             wake: Notify::new(),
             draining: AtomicBool::new(false),
             released: Notify::new(),
         }
+    }
+
+    fn give_up(state: &mut GroupState, shard: &str, epoch: u64) {
+        let e = state.given_up.entry(shard.to_owned()).or_insert(epoch);
+        *e = (*e).max(epoch);
     }
 
     fn state(&self) -> MutexGuard<'_, GroupState> {
@@ -138,13 +147,18 @@ impl Group {
         let empty = {
             let mut state = self.state();
             state.sessions.remove(session_id);
-            state.readers.retain(|_, r| {
-                let keep = r.session.id != session_id;
-                if !keep {
+            let gone: Vec<(String, u64)> = state
+                .readers
+                .iter()
+                .filter(|(_, r)| r.session.id == session_id)
+                .map(|(shard, r)| (shard.clone(), r.epoch))
+                .collect();
+            for (shard, epoch) in gone {
+                if let Some(r) = state.readers.remove(&shard) {
                     r.cancel.cancel();
                 }
-                keep
-            });
+                Self::give_up(&mut state, &shard, epoch);
+            }
             state.leases = None;
             state.sessions.is_empty()
         };
@@ -170,17 +184,23 @@ impl Group {
         self.state().sessions.is_empty()
     }
 
-    /// Gives up a shard after the client's final checkpoint (answer to a revoke, or
-    /// after `shard_end`).
-    pub(crate) async fn release(&self, session_id: &str, shard_id: &str, epoch: u64) -> Result<(), ButlerError> {
+    /// Gives up a shard with the client's final checkpoint (the answer to a revoke, or
+    /// `shard_end`): both in one conditional write.
+    pub(crate) async fn release(
+        &self,
+        session_id: &str,
+        shard_id: &str,
+        epoch: u64,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), ButlerError> {
         self.stop_reader_of(session_id, shard_id, epoch);
-        let released = self.leases.release(&self.key, shard_id, session_id, epoch).await?;
+        let released = self.leases.checkpoint_and_release(&self.key, shard_id, session_id, epoch, checkpoint).await?;
         self.state().leases = None;
         match released {
             Some(lease) => {
                 info!(app = %self.key.app, stream = %self.key.stream, shard = shard_id, from = session_id,
                     to = lease.owner.as_deref().unwrap_or(""), epoch = lease.epoch, "lease released");
-                self.announce().await;
+                self.announce_later();
                 self.wake.notify_one();
                 Ok(())
             }
@@ -190,9 +210,20 @@ impl Group {
         }
     }
 
+    /// `announce` without making the caller (a client's release) wait for it.
+    fn announce_later(&self) {
+        let (store, key) = (self.leases.store().clone(), self.key.clone());
+        tokio::spawn(async move {
+            if let Err(e) = store.notify(&key).await {
+                warn!(app = %key.app, stream = %key.stream, error = %e, "could not announce a change");
+            }
+        });
+    }
+
     /// Stops the reader of `shard_id` if `session_id` runs it at `epoch`.
     fn stop_reader_of(&self, session_id: &str, shard_id: &str, epoch: u64) {
         let mut state = self.state();
+        Self::give_up(&mut state, shard_id, epoch);
         if state.readers.get(shard_id).is_some_and(|r| r.session.id == session_id && r.epoch == epoch) {
             let r = state.readers.remove(shard_id).expect("present");
             r.cancel.cancel();
@@ -280,6 +311,8 @@ impl Group {
             let r = state.readers.remove(&shard).expect("present");
             warn!(app = %self.key.app, stream = %self.key.stream, shard = %shard, session = %r.session.id,
                 "sessions not renewed for a lease TTL; stopping the reader");
+            // Not given up: once the store answers again and the lease is still this
+            // session's at this epoch, reading resumes.
             stop(r, &self.key.stream, &shard, Reason::LeaseLost);
         }
         state.leases = None;
@@ -410,6 +443,12 @@ impl Group {
                 (shard.clone(), ReaderView { session: r.session.id.clone(), epoch: r.epoch, revoked_at: r.revoked_at })
             })
             .collect();
+        // A read that shows a newer epoch than one given up makes the marker moot.
+        for lease in leases {
+            if state.given_up.get(&lease.value.shard_id).is_some_and(|e| lease.value.epoch > *e) {
+                state.given_up.remove(&lease.value.shard_id);
+            }
+        }
         let actions = decide::decide(&View {
             leases,
             live: &live,
@@ -424,6 +463,11 @@ impl Group {
         for action in actions {
             match action {
                 Action::Start { session, lease } => {
+                    // Released (by its client, or as given up) while this round read:
+                    // that epoch is over for this instance.
+                    if state.given_up.get(&lease.shard_id).is_some_and(|e| *e >= lease.epoch) {
+                        continue;
+                    }
                     if let Some(session) = state.sessions.get(&session).cloned() {
                         let reader = self.start_reader(&session, &lease);
                         state.readers.insert(lease.shard_id.clone(), reader);
@@ -442,14 +486,16 @@ impl Group {
                 }
                 Action::Stop { shard } => {
                     if let Some(r) = state.readers.remove(&shard) {
+                        Self::give_up(state, &shard, r.epoch);
                         warn!(app = %key.app, stream = %key.stream, shard = %shard, session = %r.session.id, "lease lost");
                         stop(r, &key.stream, &shard, Reason::LeaseLost);
                     }
                 }
-                Action::Release { ref shard, ref session, cause, .. } => {
+                Action::Release { ref shard, ref session, cause, epoch } => {
                     if let Some(r) = state.readers.remove(shard) {
                         r.cancel.cancel();
                     }
+                    Self::give_up(state, shard, epoch);
                     if cause == ReleaseCause::GraceExpired {
                         warn!(app = %key.app, stream = %key.stream, shard = %shard, session = %session,
                             "no release within the handoff grace; handing the shard over");

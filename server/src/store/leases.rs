@@ -178,6 +178,28 @@ impl Leases {
         self.update_one(g, shard, "release", |l| Ok(rules::release(l, owner, epoch))).await
     }
 
+    /// A final checkpoint (if any, [`rules::checkpoint`]) and the release
+    /// ([`rules::release`]) in one conditional write, as a client answers a revoke or ends
+    /// a shard. A refused checkpoint is the error and nothing is released; `Ok(None)` when
+    /// the lease was not held so.
+    pub async fn checkpoint_and_release(
+        &self,
+        g: &GroupKey,
+        shard: &str,
+        owner: &str,
+        epoch: u64,
+        cp: Option<&Checkpoint>,
+    ) -> StoreResult<Option<Lease>> {
+        self.update_one(g, shard, "release", |l| {
+            let checkpointed = match cp {
+                Some(cp) => rules::checkpoint(l, owner, epoch, cp)?,
+                None => l.clone(),
+            };
+            Ok(rules::release(&checkpointed, owner, epoch))
+        })
+        .await
+    }
+
     /// Deletes a session's record and frees its leases and handoffs ([`rules::drop_session`]).
     pub async fn drop_session(&self, g: &GroupKey, session: &str) -> StoreResult<()> {
         self.store.delete_session(g, session, None).await?;
