@@ -4,7 +4,7 @@ use std::ffi::OsString;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use kinesis_butler::cli::config::{LogFormat, ServeConfig};
-use kinesis_butler::cli::{config_file, leases as leases_cli};
+use kinesis_butler::cli::{config_file, kcl, leases as leases_cli};
 use tracing_subscriber::EnvFilter;
 
 // Relaying multi-megabyte pages through glibc malloc spent a fifth of the server's CPU in
@@ -35,6 +35,8 @@ enum Command {
     Serve(Box<ServeConfig>),
     /// Show the leases and sessions of one app and stream.
     Leases(leases_cli::LeasesArgs),
+    /// Import a KCL lease table's checkpoints, or export them back to one.
+    Kcl(kcl::KclArgs),
 }
 
 fn init_logs(format: LogFormat) {
@@ -67,7 +69,7 @@ fn effective_args() -> anyhow::Result<Vec<OsString>> {
         return Ok(argv);
     };
     let serve_at = argv.iter().position(|a| a == "serve");
-    if argv.iter().any(|a| a == "leases") {
+    if argv.iter().any(|a| a == "leases" || a == "kcl") {
         return Ok(argv);
     }
     let command = Cli::command();
@@ -90,6 +92,10 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Leases(args)) => {
             init_logs(LogFormat::Text);
             leases_cli::run(args).await
+        }
+        Some(Command::Kcl(args)) => {
+            init_logs(LogFormat::Text);
+            kcl::run(args).await
         }
         Some(Command::Serve(serve)) => {
             init_logs(serve.log_format);

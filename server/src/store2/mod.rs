@@ -9,6 +9,7 @@
 //!
 //! Backends: [`memory`] (the in-memory reference); [`open`] picks one by URL.
 
+pub mod dynamodb;
 pub mod leases;
 pub mod liveness;
 pub mod memory;
@@ -319,6 +320,8 @@ pub(crate) fn take_query_param(url: &str, name: &str) -> (String, Option<String>
 pub async fn open(url: &str) -> StoreResult<Arc<dyn LeaseStore>> {
     if url == "memory://" {
         Ok(Arc::new(MemoryStore::new()))
+    } else if url.starts_with("dynamodb://") {
+        Ok(Arc::new(dynamodb::DynamoStore::open(url).await?))
     // MILESTONE1-BACKENDS
     } else {
         Err(StoreError::Backend(format!(
