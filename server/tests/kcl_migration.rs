@@ -59,6 +59,10 @@ fn kcl(args: &[&str]) -> Result<(bool, String)> {
     Ok((out.status.success(), text))
 }
 
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 /// A KPL aggregate of `records` (partition key, data): magic, protobuf, MD5.
 fn kpl_aggregate(records: &[(&str, &str)]) -> Vec<u8> {
     fn varint(out: &mut Vec<u8>, mut v: u64) {
@@ -360,12 +364,12 @@ async fn kcl_import_resumes_each_shard_after_its_checkpoint_and_export_round_tri
                     .map(|s| s.to_string())
                     .collect()
             };
-            let args = |v: &Vec<String>| v.iter().map(String::as_str).collect::<Vec<_>>().clone();
             for stream in [&fx.stream, &fx.multi_stream] {
                 let mut a = vec!["import".to_owned()];
                 a.extend(common(stream, &kcl_table));
-                let (ok, out) = kcl(&args(&a))?;
+                let (ok, out) = kcl(&strs(&a))?;
                 assert!(ok, "import of {stream}: {out}");
+                eprintln!("{out}");
                 if stream == &fx.stream {
                     assert!(out.contains("LATEST: no checkpoint") && out.contains("open sessions with start LATEST"), "{out}");
                     assert!(out.contains("pendingCheckpoint ignored"), "{out}");
@@ -377,12 +381,12 @@ async fn kcl_import_resumes_each_shard_after_its_checkpoint_and_export_round_tri
             // The way back, into a fresh table: equal to the KCL table in what KCL resumes from.
             let mut a = vec!["export".to_owned(), "--initial-position".into(), "latest".into()];
             a.extend(common(&fx.stream, &back_table));
-            let (ok, out) = kcl(&args(&a))?;
+            let (ok, out) = kcl(&strs(&a))?;
             assert!(ok, "export: {out}");
             let mut a = vec!["export".to_owned(), "--stream-identifier".into()];
             a.push(format!("123456789012:{}:1700000000", fx.multi_stream));
             a.extend(common(&fx.multi_stream, &back_table));
-            let (ok, out) = kcl(&args(&a))?;
+            let (ok, out) = kcl(&strs(&a))?;
             assert!(ok, "export of the multi-stream lease: {out}");
             let mut want: Vec<_> = fx.leases.iter().map(kept).collect();
             let mut got: Vec<_> = scan(&dynamo, &back_table).await?.iter().map(kept).collect();
