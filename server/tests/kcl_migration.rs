@@ -404,7 +404,7 @@ async fn kcl_import_resumes_each_shard_after_its_checkpoint_and_export_round_tri
                 let expected: usize = fx
                     .want
                     .iter()
-                    .filter(|(k, _)| k.contains('/') == !prefix.is_empty())
+                    .filter(|(k, _)| k.contains('/') != prefix.is_empty())
                     .map(|(_, v)| v.len())
                     .sum();
                 let mut n = 0;

@@ -850,7 +850,7 @@ mod tests {
         let single = parse_kcl_item(&base("shardId-0", SEQ)).unwrap().unwrap();
         assert!(belongs_to(&single, "anything"), "a single-stream table is the app's one stream");
         let both = vec![l.clone(), single.clone()];
-        assert_eq!(select_stream(both.clone(), "orders"), [l.clone()], "its multi-stream leases");
+        assert_eq!(select_stream(both.clone(), "orders"), std::slice::from_ref(&l), "its multi-stream leases");
         assert_eq!(select_stream(both, "other"), [single], "else the single-stream ones");
 
         i.insert("shardId".into(), s("shardId-000000000008"));
