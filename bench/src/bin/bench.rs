@@ -614,6 +614,23 @@ async fn redis_traffic(window: Duration) -> Result<(u64, u64)> {
     Ok((round_trips, all))
 }
 
+/// Waits (up to `within`) until every one of `shards` leases of the app and stream has an owner.
+async fn wait_leased(endpoint: &str, app: &str, stream: &str, shards: usize, within: Duration) -> Result<()> {
+    let mut client = kinesis_butler_proto::butler_client::ButlerClient::connect(endpoint.to_owned()).await?;
+    let deadline = Instant::now() + within;
+    loop {
+        let request = kinesis_butler_proto::DescribeLeasesRequest { app: app.into(), stream: stream.into() };
+        let d = client.describe_leases(request).await?.into_inner();
+        if d.leases.iter().filter(|l| !l.owner.is_empty()).count() == shards {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{shards} shards of {stream} not leased within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 async fn cost(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
     let shards = 1000;
     let stream = Arc::new(FakeStream::new("idle", shards, 0, 100));
@@ -626,21 +643,7 @@ async fn cost(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
     let stop = consumer.stop_token();
     let c2 = consumer.clone();
     let run = tokio::spawn(async move { c2.run(|_b: Batch| async { Ok::<(), HandlerError>(()) }).await });
-    let mut client = kinesis_butler_proto::butler_client::ButlerClient::connect(server.endpoint.clone()).await?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let d = client
-            .describe_leases(kinesis_butler_proto::DescribeLeasesRequest { app: "idle".into(), stream: "idle".into() })
-            .await?
-            .into_inner();
-        if d.leases.iter().filter(|l| !l.owner.is_empty()).count() == shards {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("1000 shards not leased in time");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_leased(&server.endpoint, "idle", "idle", shards, Duration::from_secs(120)).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss = server.rss_mib();
     let window = 10.0;
@@ -741,24 +744,7 @@ async fn cost_dynamodb(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
     let stop = consumer.stop_token();
     let c2 = consumer.clone();
     let run = tokio::spawn(async move { c2.run(|_b: Batch| async { Ok::<(), HandlerError>(()) }).await });
-    let mut client = kinesis_butler_proto::butler_client::ButlerClient::connect(server.endpoint.clone()).await?;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let d = client
-            .describe_leases(kinesis_butler_proto::DescribeLeasesRequest {
-                app: app.into(),
-                stream: "idle-dynamo".into(),
-            })
-            .await?
-            .into_inner();
-        if d.leases.iter().filter(|l| !l.owner.is_empty()).count() == shards {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("1000 shards not leased in time on dynalite");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_leased(&server.endpoint, app, "idle-dynamo", shards, Duration::from_secs(300)).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let window = 20.0;
     let before = counts.lock().expect("counts").clone();

@@ -13,7 +13,7 @@
 //! round trip for many items (`write_leases`, `beat_sessions`), DynamoDB has no
 //! multi-item conditional script: they are one request per item, sent concurrently, and
 //! the steady-state cost counts each of them. A lease write also bumps the group's
-//! generation item (see [`DynamoStore::bump_generation`] for why that comes after).
+//! generation item, after the lease write (the comment on `bump_generation` argues why).
 //!
 //! The AWS settings come from the standard chain (credentials, `AWS_REGION`,
 //! `AWS_ENDPOINT_URL_DYNAMODB` / `AWS_ENDPOINT_URL`); `?region=` overrides the region.
