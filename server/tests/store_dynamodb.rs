@@ -16,7 +16,7 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 use futures::FutureExt;
 use kinesis_butler::seqnum::SequenceNumber;
-use kinesis_butler::store2::{
+use kinesis_butler::store::{
     self, Checkpoint, GroupKey, Lease, LeaseStore, LeaseWrite, Leases, SessionRecord, ShardInfo, StoreError, Versioned,
 };
 
@@ -43,7 +43,7 @@ pub fn dynalite_env() {
 pub async fn open_dynamodb() -> (Arc<dyn LeaseStore>, String) {
     dynalite_env();
     let table = common::unique("kbt");
-    let store = store2::open(&format!("dynamodb://{table}"))
+    let store = store::open(&format!("dynamodb://{table}"))
         .await
         .expect("dynalite must be running on 127.0.0.1:4630 (scripts/emulators.sh start dynalite)");
     (store, table)
@@ -357,17 +357,17 @@ async fn reads_follow_query_pages() {
 async fn tables_are_created_checked_and_named_in_errors() {
     dynalite_env();
     let table = common::unique("kbt");
-    let err = store2::open(&format!("dynamodb://{table}?create=false")).await.err().expect("missing table refused");
+    let err = store::open(&format!("dynamodb://{table}?create=false")).await.err().expect("missing table refused");
     assert!(err.to_string().contains(&table) && err.to_string().contains("does not exist"), "{err}");
 
     // A table keyed like KCL's is not taken for Butler's.
     let client = common::dynamodb_client().await;
     common::create_kcl_like_table(&client, &table).await.unwrap();
-    let err = store2::open(&format!("dynamodb://{table}")).await.err().expect("foreign table refused");
+    let err = store::open(&format!("dynamodb://{table}")).await.err().expect("foreign table refused");
     assert!(err.to_string().contains("not a Kinesis Butler lease table") && err.to_string().contains(&table), "{err}");
     drop_table(&table).await;
 
-    let err = store2::open("dynamodb://x").await.err().expect("short name refused");
+    let err = store::open("dynamodb://x").await.err().expect("short name refused");
     assert!(err.to_string().contains("invalid DynamoDB table name"), "{err}");
 }
 
@@ -404,7 +404,7 @@ async fn an_unreachable_endpoint_is_unavailable() {
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("t", "t", None, None, "t"))
         .endpoint_url(format!("http://127.0.0.1:{port}"))
         .build();
-    let store = store2::dynamodb::DynamoStore::from_client(aws_sdk_dynamodb::Client::from_conf(config), "nowhere");
+    let store = store::dynamodb::DynamoStore::from_client(aws_sdk_dynamodb::Client::from_conf(config), "nowhere");
     let err = store.ping().await.unwrap_err();
     assert!(matches!(&err, StoreError::Unavailable(m) if m.contains("nowhere")), "{err}");
 }

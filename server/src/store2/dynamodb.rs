@@ -666,7 +666,7 @@ mod tests {
     #[test]
     fn bad_lease_items_are_named_errors() {
         let lease =
-            Lease::new(&crate::store2::ShardInfo { shard_id: "a".into(), parent_shard_ids: vec![], closed: false });
+            Lease::new(&crate::store::ShardInfo { shard_id: "a".into(), parent_shard_ids: vec![], closed: false });
         let mut item = lease_item("p", &lease, 1);
         item.insert("epoch".into(), s("x"));
         assert!(lease_from_item(&item).unwrap_err().contains("epoch"));
