@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Installs and runs the local Kinesis emulators used by the demo and the tests.
+# Installs and runs the local Kinesis emulators (and the DynamoDB emulator dynalite) used
+# by the demo and the tests.
 #   scripts/emulators.sh install              npm packages into .tools/
-#   scripts/emulators.sh start [NAME...]      start (kinesis-local, kinesalite) unless running
+#   scripts/emulators.sh start [NAME...]      start (kinesis-local, kinesalite, dynalite) unless running
 #   scripts/emulators.sh stop [NAME...]       stop what this script started (or only NAME)
-# Ports: kinesis-local 4610 (TLS 4611), kinesalite 4620; override with env.
+# Ports: kinesis-local 4610 (TLS 4611), kinesalite 4620, dynalite 4630; override with env.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 tools="$root/.tools"
 run="$tools/run"
 KINESIS_LOCAL_PORT=${KINESIS_LOCAL_PORT:-4610}
 KINESALITE_PORT=${KINESALITE_PORT:-4620}
+DYNALITE_PORT=${DYNALITE_PORT:-4630}
 
 install() {
   mkdir -p "$tools"
@@ -17,6 +19,11 @@ install() {
     echo "installing Kinesis emulators into .tools/ (npm)"
     (cd "$tools" && [ -f package.json ] || echo '{"private":true}' > package.json)
     (cd "$tools" && npm install --no-audit --no-fund --loglevel=error kinesis-local@0.6.2 kinesalite@3.3.3 >/dev/null)
+  fi
+  if [ ! -f "$tools/node_modules/dynalite/cli.js" ]; then
+    echo "installing the DynamoDB emulator dynalite into .tools/ (npm)"
+    (cd "$tools" && [ -f package.json ] || echo '{"private":true}' > package.json)
+    (cd "$tools" && npm install --no-audit --no-fund --loglevel=error dynalite@4.0.0 >/dev/null)
   fi
 }
 
@@ -47,6 +54,12 @@ start_one() {
         --createStreamMs 50 --deleteStreamMs 50 --updateStreamMs 50 >"$run/kinesalite.log" 2>&1 &
       echo $! > "$run/kinesalite.pid"
       wait_port "$KINESALITE_PORT" ;;
+    dynalite)
+      port_open "$DYNALITE_PORT" && return 0
+      nohup node "$tools/node_modules/dynalite/cli.js" --host 127.0.0.1 --port "$DYNALITE_PORT" \
+        --createTableMs 50 --deleteTableMs 50 --updateTableMs 50 >"$run/dynalite.log" 2>&1 &
+      echo $! > "$run/dynalite.pid"
+      wait_port "$DYNALITE_PORT" ;;
     *) echo "unknown emulator $1" >&2; return 2 ;;
   esac
 }
@@ -56,7 +69,7 @@ case "${1:-}" in
   start)
     install
     shift
-    for name in "${@:-kinesis-local kinesalite}"; do for n in $name; do start_one "$n"; done; done ;;
+    for name in "${@:-kinesis-local kinesalite dynalite}"; do for n in $name; do start_one "$n"; done; done ;;
   stop)
     shift
     pids=("$run"/*.pid)
@@ -66,5 +79,5 @@ case "${1:-}" in
       kill "$(cat "$f")" 2>/dev/null || true
       rm -f "$f"
     done ;;
-  *) echo "usage: $0 install|start [kinesis-local|kinesalite]...|stop [kinesis-local|kinesalite]..." >&2; exit 2 ;;
+  *) echo "usage: $0 install|start [kinesis-local|kinesalite|dynalite]...|stop [kinesis-local|kinesalite|dynalite]..." >&2; exit 2 ;;
 esac

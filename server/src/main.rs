@@ -4,7 +4,7 @@ use std::ffi::OsString;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use kinesis_butler::cli::config::{LogFormat, ServeConfig};
-use kinesis_butler::cli::{config_file, leases as leases_cli, multilang};
+use kinesis_butler::cli::{config_file, kcl, leases as leases_cli, multilang};
 use tracing_subscriber::EnvFilter;
 
 // Relaying multi-megabyte pages through glibc malloc spent a fifth of the server's CPU in
@@ -37,6 +37,8 @@ enum Command {
     Leases(leases_cli::LeasesArgs),
     /// Run KCL MultiLangDaemon record processors unchanged (their properties file).
     Multilang(multilang::MultilangCommand),
+    /// Import a KCL lease table's checkpoints, or export them back to one.
+    Kcl(kcl::KclArgs),
 }
 
 fn init_logs(format: LogFormat) {
@@ -69,7 +71,7 @@ fn effective_args() -> anyhow::Result<Vec<OsString>> {
         return Ok(argv);
     };
     let serve_at = argv.iter().position(|a| a == "serve");
-    if argv.iter().any(|a| a == "leases" || a == "multilang") {
+    if argv.iter().any(|a| a == "leases" || a == "multilang" || a == "kcl") {
         return Ok(argv);
     }
     let command = Cli::command();
@@ -96,6 +98,10 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Multilang(cmd)) => {
             init_logs(LogFormat::Text);
             multilang::run(cmd, shutdown_signal()).await
+        }
+        Some(Command::Kcl(args)) => {
+            init_logs(LogFormat::Text);
+            kcl::run(args).await
         }
         Some(Command::Serve(serve)) => {
             init_logs(serve.log_format);

@@ -1,7 +1,8 @@
 //! The foundation flow on each emulator: read every record once in order, checkpoint
 //! half of each shard, restart the server on the same store, and resume exactly after
 //! the checkpoints. With the embedded file on both emulators, and with Redis and with
-//! PostgreSQL (a key prefix or schema per test, removed at the end) on kinesalite.
+//! PostgreSQL and DynamoDB (a key prefix, schema or table per test, removed at the end)
+//! on kinesalite.
 
 mod common;
 
@@ -104,5 +105,11 @@ async fn redis_read_checkpoint_restart_resume() -> Result<()> {
 #[tokio::test]
 async fn postgres_read_checkpoint_restart_resume() -> Result<()> {
     let store = TestStore::postgres();
+    store.run(read_checkpoint_restart_resume(Emulator::Kinesalite, &store.url(), &["--lease-ttl", "3s"])).await
+}
+
+#[tokio::test]
+async fn dynamodb_read_checkpoint_restart_resume() -> Result<()> {
+    let store = TestStore::dynamodb();
     store.run(read_checkpoint_restart_resume(Emulator::Kinesalite, &store.url(), &["--lease-ttl", "3s"])).await
 }

@@ -59,6 +59,7 @@ conformance_tests!(sqlite, open_sqlite);
 conformance_tests!(redis, open_redis);
 conformance_tests!(redis_cluster, open_redis_cluster);
 conformance_tests!(postgres, open_postgres);
+conformance_tests!(dynamodb, open_dynamodb);
 
 // ---------------------------------------------------------------- helpers
 

@@ -36,6 +36,7 @@ property_tests!(
     redis => open_redis,
     redis_cluster => open_redis_cluster,
     postgres => open_postgres,
+    dynamodb => open_dynamodb,
 );
 
 fn pick<'a, T>(rng: &mut StdRng, items: &'a [T]) -> &'a T {

@@ -8,6 +8,9 @@
 //!    put-to-handler latency p50/p99 vs. a direct polling loop.
 //! 3. Cost: server resident memory with 1,000 leased shards idle, and store operations
 //!    per second per shard in steady state (Redis store).
+//! 4. DynamoDB cost: writes per shard per second in steady state with the `dynamodb://`
+//!    store on dynalite (counted by a proxy), against KCL's one renewal per lease every
+//!    ~3.3 s.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -51,7 +54,10 @@ struct Args {
     /// Where the table is written.
     #[arg(long, default_value = "bench-results/bench.md")]
     out: PathBuf,
-    /// Only run these sections (relay, kinesalite, cost); all when empty.
+    /// dynalite endpoint (the DynamoDB store's cost section).
+    #[arg(long, default_value = "127.0.0.1:4630")]
+    dynalite: String,
+    /// Only run these sections (relay, kinesalite, cost, dynamodb); all when empty.
     #[arg(long)]
     only: Vec<String>,
     /// Internal: be the Rust reader process (`--read ENDPOINT,APP,STREAM,EXPECT`), like
@@ -608,6 +614,23 @@ async fn redis_traffic(window: Duration) -> Result<(u64, u64)> {
     Ok((round_trips, all))
 }
 
+/// Waits (up to `within`) until every one of `shards` leases of the app and stream has an owner.
+async fn wait_leased(endpoint: &str, app: &str, stream: &str, shards: usize, within: Duration) -> Result<()> {
+    let mut client = kinesis_butler_proto::butler_client::ButlerClient::connect(endpoint.to_owned()).await?;
+    let deadline = Instant::now() + within;
+    loop {
+        let request = kinesis_butler_proto::DescribeLeasesRequest { app: app.into(), stream: stream.into() };
+        let d = client.describe_leases(request).await?.into_inner();
+        if d.leases.iter().filter(|l| !l.owner.is_empty()).count() == shards {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{shards} shards of {stream} not leased within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 async fn cost(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
     let shards = 1000;
     let stream = Arc::new(FakeStream::new("idle", shards, 0, 100));
@@ -620,21 +643,7 @@ async fn cost(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
     let stop = consumer.stop_token();
     let c2 = consumer.clone();
     let run = tokio::spawn(async move { c2.run(|_b: Batch| async { Ok::<(), HandlerError>(()) }).await });
-    let mut client = kinesis_butler_proto::butler_client::ButlerClient::connect(server.endpoint.clone()).await?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let d = client
-            .describe_leases(kinesis_butler_proto::DescribeLeasesRequest { app: "idle".into(), stream: "idle".into() })
-            .await?
-            .into_inner();
-        if d.leases.iter().filter(|l| !l.owner.is_empty()).count() == shards {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("1000 shards not leased in time");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_leased(&server.endpoint, "idle", "idle", shards, Duration::from_secs(120)).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss = server.rss_mib();
     let window = 10.0;
@@ -670,6 +679,113 @@ async fn cost(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
     Ok(())
 }
 
+/// A TCP proxy in front of dynalite that counts DynamoDB requests by operation (the
+/// `X-Amz-Target` header of each HTTP request the server sends).
+async fn counting_proxy(
+    upstream: String,
+) -> Result<(std::net::SocketAddr, Arc<Mutex<std::collections::BTreeMap<String, u64>>>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let counts: Arc<Mutex<std::collections::BTreeMap<String, u64>>> = Arc::default();
+    let c = counts.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let (counts, upstream) = (c.clone(), upstream.clone());
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut carry = String::new();
+                    while let Ok(n) = cr.read(&mut buf).await {
+                        if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        carry.push_str(&String::from_utf8_lossy(&buf[..n]));
+                        let lower = carry.to_ascii_lowercase();
+                        let mut last = 0;
+                        for (i, _) in lower.match_indices("x-amz-target:") {
+                            if let Some(end) = carry[i..].find("\r\n") {
+                                let op = carry[i + 13..i + end].trim().rsplit('.').next().unwrap_or("").to_owned();
+                                *counts.lock().expect("counts").entry(op).or_default() += 1;
+                                last = i + end;
+                            }
+                        }
+                        // Keep a tail that may hold a header cut by the read.
+                        let keep_from = last.max(carry.len().saturating_sub(256));
+                        carry = carry.get(keep_from..).unwrap_or("").to_owned();
+                    }
+                };
+                let down = async move {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    Ok((addr, counts))
+}
+
+async fn cost_dynamodb(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
+    let shards = 1000;
+    let stream = Arc::new(FakeStream::new("idle-dynamo", shards, 0, 100));
+    let (addr, source) = fake_kinesis::serve(stream, "127.0.0.1:0".parse()?).await?;
+    let (proxy, counts) = counting_proxy(args.dynalite.clone()).await?;
+    let table = format!("kbbench-{}", now_ms());
+    // The server inherits the endpoint.
+    std::env::set_var("AWS_ENDPOINT_URL_DYNAMODB", format!("http://{proxy}"));
+    let store = format!("dynamodb://{table}");
+    let server = Server::start(&args.bin_dir, &format!("http://{addr}"), &store, &["--idle-interval", "1s"]).await?;
+    let app = "idle-dynamo";
+    let consumer =
+        Arc::new(Consumer::new(server.endpoint.clone(), app, ["idle-dynamo".to_owned()], ConsumerOptions::default())?);
+    let stop = consumer.stop_token();
+    let c2 = consumer.clone();
+    let run = tokio::spawn(async move { c2.run(|_b: Batch| async { Ok::<(), HandlerError>(()) }).await });
+    wait_leased(&server.endpoint, app, "idle-dynamo", shards, Duration::from_secs(300)).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let window = 20.0;
+    let before = counts.lock().expect("counts").clone();
+    tokio::time::sleep(Duration::from_secs_f64(window)).await;
+    let after = counts.lock().expect("counts").clone();
+    let delta = |ops: &[&str]| -> u64 {
+        ops.iter().map(|op| after.get(*op).copied().unwrap_or(0) - before.get(*op).copied().unwrap_or(0)).sum()
+    };
+    let writes = delta(&["PutItem", "UpdateItem", "DeleteItem"]);
+    let reads = delta(&["GetItem", "Query"]);
+    let per_shard = writes as f64 / window / shards as f64;
+    let kcl = 1.0 / 3.3;
+    rows.push(row(
+        "dynamodb",
+        "DynamoDB writes per second per shard (1,000 leased shards idle, one session)",
+        format!("{per_shard:.4}"),
+        format!("{kcl:.2} (KCL default renewals)"),
+        format!("{:.4}", per_shard / kcl),
+    ));
+    rows.push(row(
+        "dynamodb",
+        "DynamoDB reads per second (GetItem + Query, whole server)",
+        format!("{:.1}", reads as f64 / window),
+        "-".into(),
+        "-".into(),
+    ));
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), run).await;
+    drop(server);
+    source.abort();
+    // Drop the table (through the proxy: it counts no more).
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("bench", "bench", None, None, "bench"))
+        .endpoint_url(format!("http://{}", args.dynalite))
+        .build();
+    let _ = aws_sdk_dynamodb::Client::from_conf(config).delete_table().table_name(&table).send().await;
+    Ok(())
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -698,6 +814,9 @@ async fn main() -> Result<()> {
     }
     if want("cost") {
         cost(&args, &mut rows).await?;
+    }
+    if want("dynamodb") {
+        cost_dynamodb(&args, &mut rows).await?;
     }
     let mut table = format!(
         "Machine: {}\n\n| section | measurement | value | baseline | ratio |\n|---|---|---|---|---|\n",

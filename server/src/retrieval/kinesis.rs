@@ -99,6 +99,50 @@ pub enum IteratorStart {
     AtTimestamp(i64),
 }
 
+/// A stream named by its ARN, `arn:PARTITION:kinesis:REGION:ACCOUNT:stream/NAME`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamArn {
+    /// Region, e.g. `us-east-1`.
+    pub region: String,
+    /// Account id owning the stream (another account's for cross-account reads).
+    pub account: String,
+    /// Stream name.
+    pub name: String,
+}
+
+impl StreamArn {
+    /// Parses a Kinesis stream ARN; `None` for a plain stream name or any other ARN.
+    pub fn parse(text: &str) -> Option<StreamArn> {
+        let mut parts = text.splitn(6, ':');
+        let (arn, partition, service) = (parts.next()?, parts.next()?, parts.next()?);
+        let (region, account, resource) = (parts.next()?, parts.next()?, parts.next()?);
+        let name = resource.strip_prefix("stream/")?;
+        let valid_name = !name.is_empty()
+            && name.len() <= 128
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        let valid = arn == "arn"
+            && partition.starts_with("aws")
+            && service == "kinesis"
+            && !region.is_empty()
+            && account.len() == 12
+            && account.chars().all(|c| c.is_ascii_digit());
+        (valid && valid_name).then(|| StreamArn { region: region.into(), account: account.into(), name: name.into() })
+    }
+}
+
+/// Sets `StreamARN` when `stream` is a stream ARN (how cross-account reads work), else
+/// `StreamName`, on any request builder that has both.
+macro_rules! stream_ref {
+    ($builder:expr, $stream:expr) => {{
+        let stream: &str = $stream;
+        if StreamArn::parse(stream).is_some() {
+            $builder.stream_arn(stream)
+        } else {
+            $builder.stream_name(stream)
+        }
+    }};
+}
+
 /// A Kinesis client configured from the standard AWS chain.
 #[derive(Clone, Debug)]
 pub struct Kinesis {
@@ -133,7 +177,7 @@ impl ShardSource for Kinesis {
             // With a NextToken the stream name must not be sent.
             let request = match &next {
                 Some(token) => self.client.list_shards().next_token(token),
-                None => self.client.list_shards().stream_name(stream),
+                None => stream_ref!(self.client.list_shards(), stream),
             };
             let out = request.send().await.map_err(KinesisError::from_sdk)?;
             for s in out.shards() {
@@ -161,7 +205,7 @@ impl ShardSource for Kinesis {
     /// exists) and waits, up to `wait`, until it is ACTIVE. Returns its ARN.
     async fn register_consumer(&self, stream: &str, name: &str, wait: Duration) -> Result<String, KinesisError> {
         let summary =
-            self.client.describe_stream_summary().stream_name(stream).send().await.map_err(KinesisError::from_sdk)?;
+            stream_ref!(self.client.describe_stream_summary(), stream).send().await.map_err(KinesisError::from_sdk)?;
         let stream_arn = summary
             .stream_description_summary()
             .map(|s| s.stream_arn().to_owned())
@@ -251,10 +295,7 @@ impl ShardSource for Kinesis {
         start: &IteratorStart,
     ) -> Result<String, KinesisError> {
         let (kind, sequence, timestamp) = iterator_parts(start);
-        let out = self
-            .client
-            .get_shard_iterator()
-            .stream_name(stream)
+        let out = stream_ref!(self.client.get_shard_iterator(), stream)
             .shard_id(shard_id)
             .shard_iterator_type(kind)
             .set_starting_sequence_number(sequence)
@@ -313,4 +354,29 @@ fn sdk_events(
             }
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StreamArn;
+
+    #[test]
+    fn stream_arns_parse_and_names_do_not() {
+        let arn = StreamArn::parse("arn:aws:kinesis:eu-west-1:123456789012:stream/orders.v2").unwrap();
+        assert_eq!(
+            arn,
+            StreamArn { region: "eu-west-1".into(), account: "123456789012".into(), name: "orders.v2".into() }
+        );
+        assert!(StreamArn::parse("arn:aws-cn:kinesis:cn-north-1:123456789012:stream/s").is_some());
+        for not in [
+            "orders",
+            "arn:aws:kinesis:eu-west-1:123456789012:stream/",
+            "arn:aws:kinesis:eu-west-1:1234:stream/s",
+            "arn:aws:sqs:eu-west-1:123456789012:stream/s",
+            "arn:aws:kinesis:eu-west-1:123456789012:stream/s/consumer/c:1",
+            "arn:aws:kinesis::123456789012:stream/s",
+        ] {
+            assert_eq!(StreamArn::parse(not), None, "{not}");
+        }
+    }
 }

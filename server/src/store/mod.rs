@@ -8,7 +8,7 @@
 //! observer's own monotonic clock (`coordination::liveness`); no wall clock is stored or compared.
 //!
 //! Backends: [`memory`] (the in-memory reference), [`sqlite`] (the embedded default),
-//! [`redis`] (standalone and Cluster) and [`postgres`]. [`open`] picks one by URL.
+//! [`redis`] (standalone and Cluster), [`postgres`] and [`dynamodb`]. [`open`] picks one by URL.
 //!
 //! # Why liveness by observation
 //! It is the only scheme every backend supports (DynamoDB has no server clock), it needs no
@@ -24,7 +24,7 @@
 //! statements. With 10,000 shards and a one-second round that is well under 0.01 commands
 //! per shard per second.
 //!
-//! # A DynamoDB backend (next)
+//! # The DynamoDB backend
 //! One table, partition key = the group (`<len(app)>:<app>:<stream>`), sort key = `L#<shard>`
 //! for a lease, `S#<session>` for a session, `G` for the generation item; a `version`
 //! number attribute on each. `write_leases` is a conditional `PutItem` per write
@@ -39,6 +39,7 @@
 //! (DynamoDB Streams are not in dynalite; callers poll). Liveness needs nothing more: no
 //! clock is stored.
 
+pub mod dynamodb;
 pub mod leases;
 pub mod memory;
 pub mod postgres;
@@ -386,6 +387,8 @@ pub async fn open(url: &str) -> StoreResult<Arc<dyn LeaseStore>> {
         Ok(Arc::new(redis::RedisStore::open(url).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(postgres::PostgresStore::open(url).await?))
+    } else if url.starts_with("dynamodb://") {
+        Ok(Arc::new(dynamodb::DynamoStore::open(url).await?))
     } else {
         Err(StoreError::Backend(format!(
             "unsupported store URL {:?}: use sqlite://PATH, redis://HOST, rediss://HOST, \

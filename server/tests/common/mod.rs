@@ -209,6 +209,7 @@ impl TestServer {
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ENDPOINT_URL_KINESIS", endpoint)
+            .env("AWS_ENDPOINT_URL_DYNAMODB", dynalite_endpoint())
             .env("RUST_LOG", std::env::var("KB_TEST_LOG").unwrap_or_else(|_| default_level.into()))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -252,12 +253,52 @@ impl Drop for TestServer {
     }
 }
 
+/// The DynamoDB emulator (dynalite, `scripts/emulators.sh start dynalite`).
+pub fn dynalite_endpoint() -> String {
+    std::env::var("KB_DYNALITE_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4630".to_owned())
+}
+
+/// A DynamoDB client on dynalite.
+pub async fn dynamodb_client() -> aws_sdk_dynamodb::Client {
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "test"))
+        .endpoint_url(dynalite_endpoint())
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(config)
+}
+
+/// Creates a table keyed like a KCL lease table (hash key `leaseKey`, S) and waits until
+/// it is ACTIVE.
+pub async fn create_kcl_like_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<()> {
+    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
+    client
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder().attribute_name("leaseKey").attribute_type(ScalarAttributeType::S).build()?,
+        )
+        .key_schema(KeySchemaElement::builder().attribute_name("leaseKey").key_type(KeyType::Hash).build()?)
+        .send()
+        .await
+        .context("CreateTable on dynalite (scripts/emulators.sh start dynalite)")?;
+    eventually(30, "table to become ACTIVE", || async {
+        let out = client.describe_table().table_name(table).send().await?;
+        Ok(out.table().and_then(|t| t.table_status()) == Some(&aws_sdk_dynamodb::types::TableStatus::Active))
+    })
+    .await
+}
+
 /// A shared lease store of one test: a Redis key prefix or a PostgreSQL schema of its
-/// own on the servers every test uses (127.0.0.1:6379, 127.0.0.1:5432 database `test`).
+/// own on the servers every test uses (127.0.0.1:6379, 127.0.0.1:5432 database `test`),
+/// or a DynamoDB table of its own on dynalite.
 #[derive(Clone, Debug)]
 pub enum TestStore {
     Redis { prefix: String },
     Postgres { schema: String },
+    DynamoDb { table: String },
 }
 
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379/";
@@ -272,11 +313,16 @@ impl TestStore {
         TestStore::Postgres { schema: format!("kbt_{}", uuid::Uuid::new_v4().simple()) }
     }
 
+    pub fn dynamodb() -> Self {
+        TestStore::DynamoDb { table: format!("kbt_{}", uuid::Uuid::new_v4().simple()) }
+    }
+
     /// The `--store` URL.
     pub fn url(&self) -> String {
         match self {
             TestStore::Redis { prefix } => format!("{REDIS_URL}?prefix={prefix}"),
             TestStore::Postgres { schema } => format!("{POSTGRES_URL}?schema={schema}"),
+            TestStore::DynamoDb { table } => format!("dynamodb://{table}"),
         }
     }
 
@@ -296,6 +342,9 @@ impl TestStore {
                     let (client, conn) = tokio_postgres::connect(POSTGRES_URL, tokio_postgres::NoTls).await?;
                     tokio::spawn(conn);
                     client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await?;
+                }
+                TestStore::DynamoDb { table } => {
+                    let _ = dynamodb_client().await.delete_table().table_name(table).send().await;
                 }
             }
             Ok::<_, anyhow::Error>(())

@@ -38,6 +38,7 @@ pub enum Cleanup {
     Redis(String),
     RedisCluster(String),
     Postgres(String),
+    DynamoDb(String),
 }
 
 pub fn unique() -> String {
@@ -83,6 +84,27 @@ pub async fn open_postgres() -> Backend {
     Backend { store, cleanup: Cleanup::Postgres(schema) }
 }
 
+/// The dynalite endpoint (`scripts/emulators.sh` starts it on 127.0.0.1:4630).
+fn dynalite_endpoint() -> String {
+    std::env::var("KB_DYNALITE_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4630".into())
+}
+
+pub async fn open_dynamodb() -> Backend {
+    static ENV: std::sync::Once = std::sync::Once::new();
+    ENV.call_once(|| {
+        // Set before any store reads the environment.
+        std::env::set_var("AWS_ENDPOINT_URL_DYNAMODB", dynalite_endpoint());
+        std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+        std::env::set_var("AWS_REGION", "us-east-1");
+    });
+    let table = unique();
+    let store = store::open(&format!("dynamodb://{table}"))
+        .await
+        .expect("dynalite must be running on 127.0.0.1:4630 (scripts/emulators.sh start dynalite)");
+    Backend { store, cleanup: Cleanup::DynamoDb(table) }
+}
+
 /// Deletes the keys starting with `prefix` on one Redis server (one key a command, so
 /// that it works on a cluster node too).
 async fn delete_keys(url: &str, prefix: &str) {
@@ -108,6 +130,10 @@ impl Cleanup {
                 let (client, conn) = tokio_postgres::connect(POSTGRES_URL, tokio_postgres::NoTls).await.unwrap();
                 tokio::spawn(conn);
                 client.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE")).await.unwrap();
+            }
+            Cleanup::DynamoDb(table) => {
+                let config = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+                let _ = aws_sdk_dynamodb::Client::new(&config).delete_table().table_name(&table).send().await;
             }
         }
     }
