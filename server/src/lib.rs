@@ -20,6 +20,7 @@ pub(crate) mod redact;
 pub mod retrieval;
 pub mod seqnum;
 pub mod server;
+pub(crate) mod status;
 pub mod store2;
 /// The lease store (the module is renamed once every backend has moved over).
 pub use store2 as store;
