@@ -66,7 +66,6 @@ impl Liveness {
     }
 
     /// Whether `session` is alive at `now`.
-    #[cfg(test)]
     pub(crate) fn is_alive(&self, session: &str, now: Instant) -> bool {
         self.seen.get(session).is_some_and(|s| now.saturating_duration_since(s.since) < self.ttl)
     }

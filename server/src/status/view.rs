@@ -324,7 +324,8 @@ mod tests {
             lease("g", Some("s1"), 1, ""),
         ];
         let alive = |s: &str| s != "s2";
-        let got: Vec<(&str, &str)> = moves(&prev, &next, &alive, 7).iter().map(|m| (m.shard_id.as_str(), m.kind)).collect();
+        let found = moves(&prev, &next, &alive, 7);
+        let got: Vec<(&str, &str)> = found.iter().map(|m| (m.shard_id.as_str(), m.kind)).collect();
         assert_eq!(got, [("a", "join"), ("b", "leave"), ("c", "handoff"), ("d", "failover"), ("e", "reset")]);
     }
 }
