@@ -66,7 +66,8 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
     if let Some(addr) = config.http_listen {
         let status = Arc::new(std::sync::Mutex::new(Arc::new(String::from("{}"))));
         let groups_of = core.clone();
-        let local_groups: Arc<dyn Fn() -> Vec<store::GroupKey> + Send + Sync> = Arc::new(move || groups_of.group_keys());
+        let local_groups: Arc<dyn Fn() -> Vec<store::GroupKey> + Send + Sync> =
+            Arc::new(move || groups_of.group_keys());
         // A publication is stale after a few missed intervals.
         let stats_ttl = (config.status_interval * 4).max(Duration::from_secs(10));
         tokio::spawn(crate::status::view::run(

@@ -116,7 +116,11 @@ async fn resets_replay_skip_and_refuse_while_a_session_reads() -> Result<()> {
             tonic::Code::NotFound,
             "no leases",
         ),
-        (reset_req(&stream, "", Kind::AfterSequenceNumber, &puts[&a][3].sequence_number), tonic::Code::InvalidArgument, "--shard"),
+        (
+            reset_req(&stream, "", Kind::AfterSequenceNumber, &puts[&a][3].sequence_number),
+            tonic::Code::InvalidArgument,
+            "--shard",
+        ),
         (reset_req(&stream, &a, Kind::AfterSequenceNumber, "12x"), tonic::Code::InvalidArgument, "malformed"),
         (
             reset_req(&stream, &a, Kind::AfterSequenceNumber, &puts[&b][3].sequence_number),
@@ -160,7 +164,8 @@ async fn resets_replay_skip_and_refuse_while_a_session_reads() -> Result<()> {
 
     // To a sequence number, through the CLI: exactly the records after it.
     let at = &puts[&a][4].sequence_number;
-    let (ok, text) = cli(&["--store", &store, "--app", APP, "--stream", &stream, "--shard", &a, "--to", &format!("sequence={at}")])?;
+    let (ok, text) =
+        cli(&["--store", &store, "--app", APP, "--stream", &stream, "--shard", &a, "--to", &format!("sequence={at}")])?;
     assert!(ok, "{text}");
     let only_a: BTreeMap<String, usize> = [(a.clone(), puts[&a].len() - 5)].into();
     let (after, _) = receive(&mut session, &only_a, 60).await?;

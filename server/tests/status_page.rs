@@ -22,7 +22,8 @@ const TOKEN: &str = "s3cret-status";
 async fn http_get(port: u16, path: &str, token: Option<&str>) -> Result<(u16, String)> {
     let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}\r\n").as_bytes()).await?;
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}\r\n").as_bytes())
+        .await?;
     let mut text = String::new();
     within(10, "HTTP response", conn.read_to_string(&mut text)).await??;
     let (head, body) = text.split_once("\r\n\r\n").context("no HTTP head")?;
@@ -46,7 +47,12 @@ async fn open_with_token(
         r.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().expect("header"));
         Ok(r)
     });
-    let req = pb::GetRecordsRequest { app: app.into(), streams: vec![stream.into()], client_name: name.into(), ..Default::default() };
+    let req = pb::GetRecordsRequest {
+        app: app.into(),
+        streams: vec![stream.into()],
+        client_name: name.into(),
+        ..Default::default()
+    };
     let mut events = client.get_records(req).await?.into_inner();
     match within(30, "SessionStarted", events.message()).await?? {
         Some(pb::GetRecordsResponse { event: Some(Event::SessionStarted(s)) }) => Ok((s.session_id, events, channel)),
@@ -87,10 +93,12 @@ async fn the_page_lists_every_shard_and_follows_a_join_without_a_reload() -> Res
     assert_eq!(http_get(http_port, "/status.json", None).await?.0, 401, "the JSON needs the token");
     assert_eq!(http_get(http_port, "/status.json", Some("wrong")).await?.0, 401);
     let (code, page) = http_get(http_port, "/", None).await?;
-    let fetches_elsewhere = ["src=\"http", "href=\"http", "@import", "url(http", "fetch(\"http"].iter().any(|p| page.contains(p));
+    let fetches_elsewhere =
+        ["src=\"http", "href=\"http", "@import", "url(http", "fetch(\"http"].iter().any(|p| page.contains(p));
     assert!(code == 200 && page.contains("status.json") && !fetches_elsewhere, "self-contained page");
 
-    let artifacts = std::env::var("KB_ARTIFACTS").map(PathBuf::from).unwrap_or_else(|_| workspace().join("target/artifacts"));
+    let artifacts =
+        std::env::var("KB_ARTIFACTS").map(PathBuf::from).unwrap_or_else(|_| workspace().join("target/artifacts"));
     std::fs::create_dir_all(&artifacts)?;
     let shot = artifacts.join("status.png");
     let _ = std::fs::remove_file(&shot);
@@ -122,7 +130,8 @@ async fn the_page_lists_every_shard_and_follows_a_join_without_a_reload() -> Res
     let (code, json) = http_get(http_port, "/status.json", Some(TOKEN)).await?;
     assert_eq!(code, 200);
     let v: serde_json::Value = serde_json::from_str(&json)?;
-    let group = v["groups"].as_array().unwrap().iter().find(|g| g["stream"] == stream.as_str()).expect("the stream").clone();
+    let group =
+        v["groups"].as_array().unwrap().iter().find(|g| g["stream"] == stream.as_str()).expect("the stream").clone();
     assert_eq!(group["shards"].as_array().unwrap().len(), 4);
     assert_eq!(group["sessions"].as_array().unwrap().len(), 2);
     assert!(group["moves"].as_array().unwrap().iter().any(|m| m["kind"] == "handoff"), "{group}");
@@ -130,7 +139,11 @@ async fn the_page_lists_every_shard_and_follows_a_join_without_a_reload() -> Res
 }
 
 fn which(name: &str) -> Option<String> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| format!("{d}/{name}")).find(|p| std::path::Path::new(p).exists())
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| format!("{d}/{name}"))
+        .find(|p| std::path::Path::new(p).exists())
 }
 
 fn gauge(text: &str, name: &str, stream: &str) -> Option<f64> {
@@ -209,5 +222,56 @@ async fn lag_gauges_rise_while_the_handler_is_slow_and_fall_when_it_catches_up()
     })
     .await??;
     assert!(peak >= 2000.0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn any_instance_shows_the_whole_app_with_the_figures_of_the_others() -> Result<()> {
+    let kinesis = kinesis_client(Emulator::Kinesalite);
+    let stream = unique("status-two");
+    create_stream(&kinesis, &stream, 2).await?;
+    put_records(&kinesis, &stream, 0, 50).await?;
+    let dir = tempfile::tempdir()?;
+    let store = format!("sqlite://{}", dir.path().join("two.db").display());
+    let http_port = free_port();
+    let http = format!("127.0.0.1:{http_port}");
+    let fast = ["--status-interval", "300ms"];
+    let page_server =
+        TestServer::start(&store, Emulator::Kinesalite, &[&["--http-listen", http.as_str()], &fast[..]].concat())
+            .await?;
+    let other = TestServer::start(&store, Emulator::Kinesalite, &fast).await?;
+
+    // The first session is on the instance without a page; a second one on the page's.
+    let mut far_client = other.client().await?;
+    let mut far = open_session(&mut far_client, "app", &stream).await?;
+    far.collect(50, 60).await?;
+    let _far = drain(far.events);
+    let mut near_client = page_server.client().await?;
+    let near = open_session(&mut near_client, "app", &stream).await?;
+    let _near = drain(near.events);
+
+    let mut last = serde_json::Value::Null;
+    let seen = within(60, "the page's instance to show both instances' sessions and figures", async {
+        loop {
+            let (_, json) = http_get(http_port, "/status.json", None).await?;
+            let v: serde_json::Value = serde_json::from_str(&json)?;
+            if let Some(g) = v["groups"].as_array().and_then(|gs| gs.iter().find(|g| g["stream"] == stream.as_str())) {
+                let shards = g["shards"].as_array().cloned().unwrap_or_default();
+                let owners: std::collections::BTreeSet<String> =
+                    shards.iter().filter_map(|s| s["owner"].as_str().map(str::to_owned)).collect();
+                let instances: std::collections::BTreeSet<String> =
+                    shards.iter().filter_map(|s| s["instance"].as_str().map(str::to_owned)).collect();
+                let figures = shards.iter().all(|s| s["lag_ms"].is_i64() && s["records_per_second"].is_f64());
+                if owners == [far.id.clone(), near.id.clone()].into() && instances.len() == 2 && figures {
+                    return Ok::<_, anyhow::Error>(v);
+                }
+            }
+            last = v;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    let v = seen.with_context(|| format!("last status: {last}"))??;
+    assert_eq!(v["instances"].as_array().map(Vec::len), Some(2), "{v}");
     Ok(())
 }

@@ -58,9 +58,9 @@ impl FromStr for ResetTo {
             ("trim-horizon", None) => Ok(ResetTo::TrimHorizon),
             ("latest", None) => Ok(ResetTo::Latest),
             ("at-timestamp", Some(t)) => parse_time(t).map(ResetTo::AtTimestamp),
-            ("sequence", Some(seq)) => SequenceNumber::parse(seq)
-                .map(|_| ResetTo::Sequence(seq.to_owned()))
-                .map_err(|e| e.to_string()),
+            ("sequence", Some(seq)) => {
+                SequenceNumber::parse(seq).map(|_| ResetTo::Sequence(seq.to_owned())).map_err(|e| e.to_string())
+            }
             _ => Err(format!(
                 "unknown reset position {s:?}: use trim-horizon, latest, at-timestamp=TIME or sequence=SEQ"
             )),
@@ -93,7 +93,9 @@ impl ResetTo {
             Ok(Kind::TrimHorizon) => Ok(ResetTo::TrimHorizon),
             Ok(Kind::Latest) => Ok(ResetTo::Latest),
             Ok(Kind::AtTimestamp) if p.timestamp_ms > 0 => Ok(ResetTo::AtTimestamp(p.timestamp_ms)),
-            Ok(Kind::AtTimestamp) => Err(ButlerError::InvalidArgument("AT_TIMESTAMP needs a positive timestamp_ms".into())),
+            Ok(Kind::AtTimestamp) => {
+                Err(ButlerError::InvalidArgument("AT_TIMESTAMP needs a positive timestamp_ms".into()))
+            }
             Ok(Kind::AfterSequenceNumber) => SequenceNumber::parse(&p.sequence_number)
                 .map(|_| ResetTo::Sequence(p.sequence_number.clone()))
                 .map_err(|e| ButlerError::InvalidArgument(e.to_string())),
@@ -292,7 +294,10 @@ mod tests {
     use crate::store::ShardInfo;
 
     fn lease(id: &str) -> Versioned<Lease> {
-        Versioned { version: 1, value: Lease::new(&ShardInfo { shard_id: id.into(), parent_shard_ids: vec![], closed: false }) }
+        Versioned {
+            version: 1,
+            value: Lease::new(&ShardInfo { shard_id: id.into(), parent_shard_ids: vec![], closed: false }),
+        }
     }
 
     #[test]

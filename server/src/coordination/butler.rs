@@ -316,7 +316,10 @@ impl Butler {
 
     /// Admin reset (replay): see [`admin`](crate::coordination::admin). A local group of
     /// the stream runs a round at once; others hear of it through the store's notify.
-    pub(crate) async fn reset_leases(&self, req: pb::ResetLeasesRequest) -> Result<pb::ResetLeasesResponse, ButlerError> {
+    pub(crate) async fn reset_leases(
+        &self,
+        req: pb::ResetLeasesRequest,
+    ) -> Result<pb::ResetLeasesResponse, ButlerError> {
         let to = admin::ResetTo::from_proto(req.to.as_ref())?;
         let key = GroupKey::new(&req.app, &req.stream);
         let shard = Some(req.shard_id.as_str()).filter(|s| !s.is_empty());
@@ -324,7 +327,10 @@ impl Butler {
         if let Some(group) = self.groups.lock().expect("groups").get(&key) {
             group.wake();
         }
-        Ok(pb::ResetLeasesResponse { shards: done.iter().map(admin::ShardReset::to_proto).collect(), dry_run: req.dry_run })
+        Ok(pb::ResetLeasesResponse {
+            shards: done.iter().map(admin::ShardReset::to_proto).collect(),
+            dry_run: req.dry_run,
+        })
     }
 
     /// Graceful shutdown: revokes every shard with `SHUTDOWN`, waits up to `grace` for

@@ -161,7 +161,10 @@ mod tests {
         tokio::time::advance(Duration::from_secs(2)).await;
         local::record(&key, "a", 3, 0, 50);
         let second = collect(&mut prev, Instant::now());
-        assert_eq!(mine(&second).shards[0], PublishedShard { shard_id: "a".into(), epoch: 3, lag_ms: 0, records_per_second: 25.0 });
+        assert_eq!(
+            mine(&second).shards[0],
+            PublishedShard { shard_id: "a".into(), epoch: 3, lag_ms: 0, records_per_second: 25.0 }
+        );
         let json = serde_json::to_string(&second).unwrap();
         assert_eq!(serde_json::from_str::<Published>(&json).unwrap(), second);
         local::forget(&key, "a", 3);

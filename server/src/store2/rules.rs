@@ -296,7 +296,10 @@ mod tests {
     fn reset_frees_fences_and_moves_the_checkpoint_either_way() {
         let held = Lease { checkpoint: at(BIG, 2), handoff_to: Some("b".into()), ..lease(Some("a"), 7) };
         let back = reset(&held, &Checkpoint::None);
-        assert_eq!(back, Lease { owner: None, epoch: 8, handoff_to: None, checkpoint: Checkpoint::None, ..held.clone() });
+        assert_eq!(
+            back,
+            Lease { owner: None, epoch: 8, handoff_to: None, checkpoint: Checkpoint::None, ..held.clone() }
+        );
         assert!(checkpoint(&back, "a", 7, &at(BIG, 3)).is_err(), "the old owner is fenced off");
         let ahead = reset(&held, &at(&format!("9{BIG}"), 0));
         assert_eq!((ahead.owner, ahead.epoch, ahead.checkpoint), (None, 8, at(&format!("9{BIG}"), 0)));
