@@ -4,6 +4,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 scripts/services.sh
+scripts/browser.sh
 scripts/emulators.sh start
 trap 'scripts/emulators.sh stop' EXIT
 

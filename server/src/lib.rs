@@ -20,4 +20,5 @@ pub(crate) mod redact;
 pub mod retrieval;
 pub mod seqnum;
 pub mod server;
+pub(crate) mod status;
 pub mod store;

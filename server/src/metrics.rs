@@ -17,6 +17,10 @@ pub(crate) const GET_RECORDS_CALLS: &str = "kinesis_butler_get_records_calls_tot
 pub(crate) const KINESIS_ERRORS: &str = "kinesis_butler_kinesis_errors_total";
 /// How far each shard's reader is behind the tip.
 pub(crate) const MILLIS_BEHIND: &str = "kinesis_butler_millis_behind_latest";
+/// Per app and stream: the largest lag of this instance's readers.
+pub(crate) const LAG_MAX: &str = "kinesis_butler_lag_max_millis";
+/// Per app and stream: the summed lag of this instance's readers.
+pub(crate) const LAG_SUM: &str = "kinesis_butler_lag_sum_millis";
 /// Leases held by this instance's sessions.
 pub(crate) const LEASES_HELD: &str = "kinesis_butler_leases_held";
 /// Live sessions on this instance.
@@ -54,6 +58,16 @@ fn describe() {
         "Kinesis call failures by kind (throttled, expired_iterator, transient, not_found, rejected)"
     );
     describe_gauge!(MILLIS_BEHIND, Unit::Milliseconds, "How far each shard reader is behind the tip of its shard");
+    describe_gauge!(
+        LAG_MAX,
+        Unit::Milliseconds,
+        "Largest millis behind latest of this instance's readers, per app and stream (max over instances for the app)"
+    );
+    describe_gauge!(
+        LAG_SUM,
+        Unit::Milliseconds,
+        "Summed millis behind latest of this instance's readers, per app and stream (sum over instances for the app)"
+    );
     describe_gauge!(LEASES_HELD, Unit::Count, "Leases held by this instance's sessions, per app and stream");
     describe_gauge!(SESSIONS, Unit::Count, "Live sessions on this instance");
     describe_counter!(REBALANCES, Unit::Count, "Shards revoked to rebalance");

@@ -56,6 +56,33 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
     };
     let core = Butler::new(store.clone(), kinesis, settings);
 
+    let status_stop = CancellationToken::new();
+    tokio::spawn(crate::status::publish(
+        core.leases().clone(),
+        core.instance_id().to_owned(),
+        config.status_interval,
+        status_stop.clone(),
+    ));
+    if let Some(addr) = config.http_listen {
+        let status = Arc::new(std::sync::Mutex::new(Arc::new(String::from("{}"))));
+        let groups_of = core.clone();
+        let local_groups: Arc<dyn Fn() -> Vec<store::GroupKey> + Send + Sync> =
+            Arc::new(move || groups_of.group_keys());
+        // A publication is stale after a few missed intervals.
+        let stats_ttl = (config.status_interval * 4).max(Duration::from_secs(10));
+        tokio::spawn(crate::status::view::run(
+            core.leases().clone(),
+            core.instance_id().to_owned(),
+            config.lease_ttl,
+            stats_ttl,
+            local_groups,
+            status.clone(),
+            status_stop.clone(),
+        ));
+        let token = config.auth_token.clone().filter(|t| !t.is_empty()).map(|t| Arc::new(t.into_bytes()));
+        crate::status::http::serve(addr, crate::status::http::HttpState { status, token }, status_stop.clone()).await?;
+    }
+
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<kinesis_butler_proto::butler_server::ButlerServer<ButlerService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -100,6 +127,7 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
         )
         .await?;
     watcher_stop.cancel();
+    status_stop.cancel();
     info!("kinesis-butler stopped");
     Ok(())
 }

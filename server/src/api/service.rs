@@ -64,4 +64,11 @@ impl pb::butler_server::Butler for ButlerService {
         let req = request.into_inner();
         Ok(Response::new(self.core.describe(&req.app, &req.stream).await?))
     }
+
+    async fn reset_leases(
+        &self,
+        request: Request<pb::ResetLeasesRequest>,
+    ) -> Result<Response<pb::ResetLeasesResponse>, Status> {
+        Ok(Response::new(self.core.reset_leases(request.into_inner()).await?))
+    }
 }

@@ -69,6 +69,16 @@ pub struct ServeConfig {
     #[arg(long, env = "KINESIS_BUTLER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Serve the live status page at http://ADDR/ and its JSON at /status.json (off when
+    /// unset); the JSON needs the bearer token when one is set.
+    #[arg(long, env = "KINESIS_BUTLER_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+
+    /// How often this instance publishes its readers' lag and records/s to the store for
+    /// every instance's status page (0s: never).
+    #[arg(long, env = "KINESIS_BUTLER_STATUS_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub status_interval: Duration,
+
     /// PEM certificate chain for TLS on the gRPC listener (with --tls-key).
     #[arg(long, env = "KINESIS_BUTLER_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

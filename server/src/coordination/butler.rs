@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::coordination::admin;
 use crate::coordination::group::{Group, GroupSettings};
 use crate::coordination::session::Session;
 use crate::error::ButlerError;
@@ -80,6 +81,16 @@ impl Butler {
     /// This instance's id.
     pub(crate) fn instance_id(&self) -> &str {
         &self.instance_id
+    }
+
+    /// The app and stream of every group this instance runs.
+    pub(crate) fn group_keys(&self) -> Vec<GroupKey> {
+        self.groups.lock().expect("groups").keys().cloned().collect()
+    }
+
+    /// The lease driver.
+    pub(crate) fn leases(&self) -> &Leases {
+        &self.leases
     }
 
     /// Lists each stream's shards and creates or updates their leases.
@@ -309,6 +320,25 @@ impl Butler {
             }
         }
         Ok(described)
+    }
+
+    /// Admin reset (replay): see [`admin`](crate::coordination::admin). A local group of
+    /// the stream runs a round at once; others hear of it through the store's notify.
+    pub(crate) async fn reset_leases(
+        &self,
+        req: pb::ResetLeasesRequest,
+    ) -> Result<pb::ResetLeasesResponse, ButlerError> {
+        let to = admin::ResetTo::from_proto(req.to.as_ref())?;
+        let key = GroupKey::new(&req.app, &req.stream);
+        let shard = Some(req.shard_id.as_str()).filter(|s| !s.is_empty());
+        let done = admin::reset(&self.leases, self.kinesis.as_ref(), &key, shard, &to, req.dry_run).await?;
+        if let Some(group) = self.groups.lock().expect("groups").get(&key) {
+            group.wake();
+        }
+        Ok(pb::ResetLeasesResponse {
+            shards: done.iter().map(admin::ShardReset::to_proto).collect(),
+            dry_run: req.dry_run,
+        })
     }
 
     /// Graceful shutdown: revokes every shard with `SHUTDOWN`, waits up to `grace` for

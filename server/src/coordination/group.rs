@@ -172,6 +172,11 @@ impl Group {
         empty
     }
 
+    /// Asks for a round at once (after a change made outside the group, like a reset).
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
     /// Sessions alive in this instance's view (its own included).
     pub(crate) fn alive_sessions(&self) -> HashSet<String> {
         let state = self.state();
@@ -559,6 +564,8 @@ impl Group {
 
     fn start_reader(&self, session: &Arc<Session>, lease: &Lease) -> RunningReader {
         let start = match &lease.checkpoint {
+            // A reset to the start of the shard (`coordination::admin`): below every record.
+            Checkpoint::At { sequence, .. } if sequence.as_str() == "0" => StartAt::Fresh(IteratorStart::TrimHorizon),
             // At the checkpointed record, dropping the user records up to it (see the
             // resume rule in `delivery`): a restart inside a KPL aggregate neither skips
             // nor repeats.
@@ -755,6 +762,42 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(5)).await;
         let now = f.leases.get(&f.key, &shard(0)).await.unwrap().unwrap();
         assert_eq!(now.value.owner.as_deref(), Some("s2"), "a live owner keeps its lease");
+        f.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reset_revokes_the_reader_and_reads_again_from_the_start() {
+        let mut f = fixture(1).await;
+        for _ in 0..3 {
+            f.source.put(STREAM, &shard(0), "k", b"x");
+        }
+        let mut records = 0;
+        while records < 3 {
+            if let Event::Records(b) = f.next(Some).await {
+                records += b.records.len();
+            }
+        }
+        let back = Checkpoint::from_stored(crate::coordination::admin::BEFORE_FIRST_RECORD, 0).unwrap();
+        let (before, after) = f.leases.reset(&f.key, &shard(0), &back).await.unwrap();
+        assert_eq!((before.owner.as_deref(), after.owner, after.epoch), (Some("s1"), None, before.epoch + 1));
+        let lost = f.next(|e| match e {
+            Event::ShardRevoked(r) => Some(r.reason),
+            _ => None,
+        });
+        assert_eq!(lost.await, Reason::LeaseLost as i32);
+        let assigned = f.next(|e| match e {
+            Event::ShardAssigned(a) => Some(a),
+            _ => None,
+        });
+        let assigned = assigned.await;
+        assert_eq!((assigned.checkpoint.as_str(), assigned.lease_epoch), ("0", before.epoch + 2));
+        let mut again = 0;
+        while again < 3 {
+            if let Event::Records(b) = f.next(Some).await {
+                assert_eq!(b.lease_epoch, before.epoch + 2);
+                again += b.records.len();
+            }
+        }
         f.shutdown.cancel();
     }
 

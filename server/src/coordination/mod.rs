@@ -1,6 +1,7 @@
 //! Coordination: the instance core, one group worker per app and stream, the balancer's
 //! decision and the sessions.
 
+pub(crate) mod admin;
 pub(crate) mod balancer;
 pub(crate) mod butler;
 pub(crate) mod decide;

@@ -97,6 +97,14 @@ pub(crate) struct Delivery {
     skip_through: Option<Position>,
     labels: [(&'static str, String); 2],
     behind_gauge: metrics::Gauge,
+    /// The group, for the status figures (`crate::status::local`).
+    group: crate::store::GroupKey,
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        crate::status::local::forget(&self.group, &self.shard_id, self.epoch);
+    }
 }
 
 impl Delivery {
@@ -119,6 +127,7 @@ impl Delivery {
             skip_through: None,
             labels: [("app", spec.app.clone()), ("stream", spec.stream.clone())],
             behind_gauge: metrics::gauge!(m::MILLIS_BEHIND, &shard_labels),
+            group: crate::store::GroupKey::new(&spec.app, &spec.stream),
         }
     }
 
@@ -213,6 +222,7 @@ impl Delivery {
     /// away or the reader was cancelled.
     pub(crate) async fn deliver(&mut self, records: Vec<aws_sdk_kinesis::types::Record>, millis_behind: i64) -> bool {
         self.behind_gauge.set(millis_behind as f64);
+        crate::status::local::record(&self.group, &self.shard_id, self.epoch, millis_behind, records.len());
         let mut users = Vec::with_capacity(records.len());
         for record in records {
             let drop_through = self.drop_through(&record.sequence_number);

@@ -200,6 +200,20 @@ impl Leases {
         .await
     }
 
+    /// Moves a shard's checkpoint to `to`, backwards too, and frees the lease at a new epoch
+    /// ([`rules::reset`]). Returns the lease as it was and as it now is. `NotFound` if there
+    /// is no lease.
+    pub async fn reset(&self, g: &GroupKey, shard: &str, to: &Checkpoint) -> StoreResult<(Lease, Lease)> {
+        for _ in 0..MAX_ATTEMPTS {
+            let current = self.store.read_lease(g, shard).await?.ok_or_else(|| not_found(g, shard))?;
+            let write = LeaseWrite { lease: rules::reset(&current.value, to), expected: Some(current.version) };
+            if self.store.write_leases(g, std::slice::from_ref(&write)).await?[0].is_some() {
+                return Ok((current.value, write.lease));
+            }
+        }
+        Err(contended("reset", g))
+    }
+
     /// Deletes a session's record and frees its leases and handoffs ([`rules::drop_session`]).
     pub async fn drop_session(&self, g: &GroupKey, session: &str) -> StoreResult<()> {
         self.store.delete_session(g, session, None).await?;

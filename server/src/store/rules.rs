@@ -86,6 +86,15 @@ pub fn drop_session(lease: &Lease, session: &str) -> Option<Lease> {
     }
 }
 
+/// Reset (replay): an operator moves the shard's checkpoint to `to`, backwards too. The
+/// owner loses the lease at once (free, epoch + 1, so its checkpoints are fenced off and its
+/// reader is stopped with `LEASE_LOST`), a pending handoff is cleared, and whoever acquires
+/// the lease next reads right after `to`. A finished shard can be reset too (its children
+/// are not: they keep what they had).
+pub fn reset(lease: &Lease, to: &Checkpoint) -> Lease {
+    Lease { owner: None, epoch: lease.epoch + 1, handoff_to: None, checkpoint: to.clone(), ..lease.clone() }
+}
+
 /// Stale-session cleanup: of the sessions an observer saw unchanged for the retention
 /// (id, version seen), the ones whose records may be deleted. An instance never deletes
 /// the records of its own sessions (their heartbeats may only have stalled with the
@@ -281,6 +290,21 @@ mod tests {
         assert_eq!((cleared.owner.as_deref(), cleared.epoch, cleared.handoff_to), (Some("a"), 3, None));
         assert_eq!(drop_session(&owned, "c"), None);
         assert_eq!(drop_session(&lease(None, 1), "a"), None);
+    }
+
+    #[test]
+    fn reset_frees_fences_and_moves_the_checkpoint_either_way() {
+        let held = Lease { checkpoint: at(BIG, 2), handoff_to: Some("b".into()), ..lease(Some("a"), 7) };
+        let back = reset(&held, &Checkpoint::None);
+        assert_eq!(
+            back,
+            Lease { owner: None, epoch: 8, handoff_to: None, checkpoint: Checkpoint::None, ..held.clone() }
+        );
+        assert!(checkpoint(&back, "a", 7, &at(BIG, 3)).is_err(), "the old owner is fenced off");
+        let ahead = reset(&held, &at(&format!("9{BIG}"), 0));
+        assert_eq!((ahead.owner, ahead.epoch, ahead.checkpoint), (None, 8, at(&format!("9{BIG}"), 0)));
+        let ended = reset(&finished(None, 3), &at("5", 0));
+        assert_eq!((ended.epoch, ended.is_finished()), (4, false), "a finished shard is read again");
     }
 
     #[test]
