@@ -481,4 +481,11 @@ impl Butler for ScriptedButler {
             None => Err(Status::unimplemented("only a serving butler describes leases")),
         }
     }
+
+    async fn reset_leases(
+        &self,
+        _request: Request<pb::ResetLeasesRequest>,
+    ) -> Result<Response<pb::ResetLeasesResponse>, Status> {
+        Err(Status::unimplemented("the scripted butler does not reset leases"))
+    }
 }
