@@ -394,7 +394,11 @@ async fn a_session_opens_at_once_while_two_instances_read() -> Result<()> {
         for s in sessions {
             s.close().await;
         }
-        print_summary("opening", &journal, &puts)
+        // One owner per epoch, fencing, nothing lost (no fencing probe is required here:
+        // the handoffs may move only shards with nothing processed at their epoch).
+        let summary = journal.check(&puts)?;
+        println!("opening: {summary:?}");
+        Ok(())
     })
     .await
 }
