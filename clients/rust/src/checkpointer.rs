@@ -13,6 +13,7 @@ use crate::error::{describe, is_transient, Error};
 use crate::handler::{Record, ShardInfo};
 use crate::options::BackoffSettings;
 use crate::policy::{Position, Progress};
+use crate::stats::{Counter, Counters};
 use kinesis_butler_proto::backoff::Backoff;
 
 /// Attempts of one checkpoint call on transient errors.
@@ -45,6 +46,7 @@ pub(crate) struct ShardLease {
     calls: tokio::sync::Mutex<()>,
     /// Released or ended by this consumer: later checkpoints would fail anyway.
     finished: AtomicBool,
+    stats: Option<Arc<Counters>>,
 }
 
 impl ShardLease {
@@ -65,7 +67,14 @@ impl ShardLease {
             progress: Mutex::new(Progress::new()),
             calls: tokio::sync::Mutex::new(()),
             finished: AtomicBool::new(false),
+            stats: None,
         }
+    }
+
+    /// Counts stored checkpoints in `stats`.
+    pub(crate) fn with_stats(mut self, stats: Arc<Counters>) -> Self {
+        self.stats = Some(stats);
+        self
     }
 
     /// The shard.
@@ -108,6 +117,11 @@ impl ShardLease {
             release,
         };
         self.call(request).await?;
+        if position.is_some() || shard_end {
+            if let Some(stats) = &self.stats {
+                stats.add(Counter::Checkpoints, 1);
+            }
+        }
         debug!(stream = %self.shard.stream, shard = %self.shard.shard_id, epoch = self.shard.lease_epoch,
             sequence = position.as_ref().map_or("", |p| p.sequence.as_str()), shard_end, release, "checkpoint stored");
         if let Some(p) = position {

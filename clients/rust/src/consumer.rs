@@ -11,8 +11,9 @@ use tracing::{info, warn};
 use crate::connection::Target;
 use crate::error::Error;
 use crate::handler::Handler;
-use crate::options::ConsumerOptions;
+use crate::options::{ConsumerOptions, FailurePolicy};
 use crate::session::{self, SessionEnd, Shared};
+use crate::stats::{Counter, Counters, Stats};
 use kinesis_butler_proto::backoff::Backoff;
 use kinesis_butler_proto::names;
 
@@ -26,6 +27,7 @@ pub struct Consumer {
     options: Arc<ConsumerOptions>,
     stop: CancellationToken,
     running: AtomicBool,
+    stats: Arc<Counters>,
 }
 
 impl Consumer {
@@ -76,12 +78,19 @@ impl Consumer {
             options: Arc::new(options),
             stop: CancellationToken::new(),
             running: AtomicBool::new(false),
+            stats: Arc::default(),
         })
     }
 
     /// The settings.
     pub fn options(&self) -> &ConsumerOptions {
         &self.options
+    }
+
+    /// A snapshot of the counters (since this consumer was made) and of the lag of the
+    /// shards it holds now. Cheap; callable from any thread, also while running.
+    pub fn stats(&self) -> Stats {
+        self.stats.snapshot()
     }
 
     /// Asks [`Consumer::run`] to stop: no new batches are taken, batches in hand are
@@ -125,6 +134,12 @@ impl Consumer {
             handler,
             handler_slots: Arc::new(Semaphore::new(self.options.max_concurrent_handlers)),
             shard_locks: Mutex::default(),
+            stats: self.stats.clone(),
+            dead_letter: match &self.options.on_failure {
+                FailurePolicy::DeadLetter(target) => Some(target.open()),
+                _ => None,
+            },
+            expire: CancellationToken::new(),
         });
         let mut workers = JoinSet::new();
         let result = self.sessions(&shared, &mut workers).await;
@@ -134,8 +149,17 @@ impl Consumer {
                 while workers.join_next().await.is_some() {}
             });
             if drained.await.is_err() {
-                warn!(workers = workers.len(), "shutdown timeout: dropping batches still in hand");
-                workers.shutdown().await;
+                shared.expire.cancel();
+                if shared.handler.keeps_running_when_dropped() {
+                    warn!(
+                        workers = workers.len(),
+                        "shutdown timeout: cancelled the calls in hand, waiting for them to return"
+                    );
+                    while workers.join_next().await.is_some() {}
+                } else {
+                    warn!(workers = workers.len(), "shutdown timeout: dropping batches still in hand");
+                    workers.shutdown().await;
+                }
             }
         }
         info!(app = %self.app, streams = ?self.streams, ok = result.is_ok(), "consumer stopped");
@@ -158,6 +182,9 @@ impl Consumer {
                         "session started");
                     backoff.reset();
                     failures = 0;
+                    if connected_once {
+                        self.stats.add(Counter::Reconnects, 1);
+                    }
                     connected_once = true;
                     match session::run(shared, session, &self.stop, workers).await {
                         SessionEnd::Stopped => return Ok(()),

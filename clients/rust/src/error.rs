@@ -166,41 +166,65 @@ pub(crate) fn describe(status: &tonic::Status) -> String {
 /// What a handler returns when it could not handle a batch.
 ///
 /// Any `std::error::Error + Send + Sync + 'static` converts into it, so `?` works in a
-/// handler; [`HandlerError::msg`] makes one from text.
-pub struct HandlerError(Box<dyn std::error::Error + Send + Sync>);
+/// handler; [`HandlerError::msg`] makes one from text. [`HandlerError::at`] also names
+/// the first record that failed (a partial failure report): the consumer then counts
+/// every record before it as handled, checkpoints right before it and retries from it.
+pub struct HandlerError {
+    error: Box<dyn std::error::Error + Send + Sync>,
+    failed: Option<(String, u64)>,
+}
 
 impl HandlerError {
     /// Wraps an error, or anything that converts into a boxed error (`String`, `&str`).
     pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        Self(error.into())
+        Self { error: error.into(), failed: None }
     }
 
     /// An error with only a message.
     pub fn msg(message: impl fmt::Display) -> Self {
-        Self(message.to_string().into())
+        Self::new(message.to_string())
+    }
+
+    /// A failure at `record` (a record of the batch): the records before it are done.
+    pub fn at(record: &crate::Record, error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::at_sequence(&record.sequence_number, record.sub_sequence_number, error)
+    }
+
+    /// [`HandlerError::at`] by the record's sequence and sub-sequence number.
+    pub fn at_sequence(
+        sequence_number: &str,
+        sub_sequence_number: u64,
+        error: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self { error: error.into(), failed: Some((sequence_number.to_owned(), sub_sequence_number)) }
+    }
+
+    /// The first failed record's sequence and sub-sequence number, when the handler named it.
+    pub fn failed_record(&self) -> Option<(&str, u64)> {
+        self.failed.as_ref().map(|(s, n)| (s.as_str(), *n))
     }
 
     /// The wrapped error.
     pub fn into_inner(self) -> Box<dyn std::error::Error + Send + Sync> {
-        self.0
+        self.error
     }
 }
 
 impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
     fn from(error: E) -> Self {
-        Self(Box::new(error))
+        Self::new(Box::new(error) as Box<dyn std::error::Error + Send + Sync>)
     }
 }
 
 impl fmt::Debug for HandlerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.0, f)
+        fmt::Debug::fmt(&self.error, f)
     }
 }
 
 impl fmt::Display for HandlerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
+        fmt::Display::fmt(&self.error, f)
     }
 }
 
@@ -233,5 +257,8 @@ mod tests {
         assert_eq!(io().unwrap_err().to_string(), "disk full");
         assert_eq!(HandlerError::msg(format!("bad record {}", 7)).to_string(), "bad record 7");
         assert_eq!(HandlerError::new("plain").into_inner().to_string(), "plain");
+        let at = HandlerError::at_sequence("42", 3, "bad");
+        assert_eq!((at.failed_record(), at.to_string()), (Some(("42", 3)), "bad".to_owned()));
+        assert_eq!(HandlerError::msg("x").failed_record(), None);
     }
 }

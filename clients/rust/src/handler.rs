@@ -9,6 +9,7 @@ use kinesis_butler_proto as pb;
 
 use crate::checkpointer::Checkpointer;
 use crate::error::HandlerError;
+use tokio_util::sync::CancellationToken;
 
 /// One Kinesis record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,6 +87,7 @@ pub struct Batch {
     pub(crate) millis_behind_latest: i64,
     pub(crate) attempt: u32,
     pub(crate) checkpointer: Checkpointer,
+    pub(crate) cancel: CancellationToken,
 }
 
 impl Batch {
@@ -124,6 +126,23 @@ impl Batch {
         self.attempt
     }
 
+    /// Whether the consumer gave up on this call (`handler_timeout` or
+    /// `shutdown_timeout`): stop working on the batch and return.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Resolves when the consumer gives up on this call (see [`Batch::is_cancelled`]);
+    /// `select!` on it in a long handler. No retry starts before the call returned.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
+    }
+
+    /// The token behind [`Batch::cancelled`] (for bindings: cancel the host's call).
+    pub fn cancellation_token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
     /// Stores checkpoints for this shard yourself (with
     /// [`crate::CheckpointPolicy::Manual`], or to checkpoint more often than the policy).
     pub fn checkpointer(&self) -> &Checkpointer {
@@ -142,6 +161,15 @@ impl Batch {
 pub trait Handler: Send + Sync + 'static {
     /// Processes one batch.
     fn handle(&self, batch: Batch) -> BoxFuture<'static, Result<(), HandlerError>>;
+
+    /// Whether a call keeps running on its own after its future is dropped (a call into
+    /// another runtime, as in the bindings). Then, when a call runs out of time, the
+    /// consumer cancels [`Batch::cancellation_token`] and waits for the future to finish
+    /// before any retry; otherwise (the default, plain Rust futures) it cancels the token
+    /// and drops the future. Either way one shard never has two calls at once.
+    fn keeps_running_when_dropped(&self) -> bool {
+        false
+    }
 
     /// Called before the first batch of a shard this consumer was given.
     fn shard_started(&self, shard: &ShardInfo) -> BoxFuture<'static, ()> {

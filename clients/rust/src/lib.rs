@@ -126,8 +126,11 @@
 mod checkpointer;
 mod connection;
 mod consumer;
+mod dead_letter;
 mod error;
+mod failure;
 mod handler;
+mod lanes;
 mod log_forward;
 mod options;
 mod policy;
@@ -138,12 +141,14 @@ mod rules;
 mod scripted;
 mod session;
 mod shard_worker;
+mod stats;
 #[cfg(test)]
 mod test_support;
 
 pub use bytes::Bytes;
 pub use checkpointer::Checkpointer;
 pub use consumer::Consumer;
+pub use dead_letter::{DeadLetter, DeadLetterCallback, DeadLetterEntry, DeadLetterTarget, GiveUpReason};
 pub use error::{Error, ErrorKind, HandlerError};
 pub use handler::{Batch, Handler, Record, ShardInfo, StopReason};
 pub use log_forward::forward_logs;
@@ -152,4 +157,5 @@ pub use options::{
     UnknownValue,
 };
 pub use rules::Spelling;
+pub use stats::{ShardStats, Stats};
 pub use tokio_util::sync::CancellationToken;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 pub use kinesis_butler_proto::backoff::BackoffSettings;
 
+use crate::dead_letter::DeadLetterTarget;
 use crate::error::Error;
 use crate::rules::{self, Spelling};
 
@@ -47,8 +48,9 @@ pub enum CheckpointPolicy {
     Manual,
 }
 
-/// What happens to a batch whose handler still fails after every retry.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What happens to records the handler still fails on after every attempt (and to
+/// records older than [`ConsumerOptions::max_record_age`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum FailurePolicy {
     /// Stop the consumer gracefully and return the handler's error from
     /// [`crate::Consumer::run`] (the default). The failed batch is not checkpointed, so
@@ -58,6 +60,10 @@ pub enum FailurePolicy {
     /// Log the error and go on as if the batch had been handled: it is checkpointed
     /// with the others and never delivered again.
     Skip,
+    /// Send each record to a dead-letter destination, with its failure metadata; the
+    /// shard moves on only once the destination accepted them (it waits and tries
+    /// again while the destination fails).
+    DeadLetter(DeadLetterTarget),
 }
 
 /// A name that is none of an option's values (the error of the option enums' `FromStr`).
@@ -137,16 +143,17 @@ impl FromStr for CheckpointPolicy {
 }
 
 impl FailurePolicy {
-    /// `stop` or `skip`.
+    /// `stop`, `skip` or `dead_letter`.
     pub fn as_str(&self) -> &'static str {
         match self {
             FailurePolicy::Stop => "stop",
             FailurePolicy::Skip => "skip",
+            FailurePolicy::DeadLetter(_) => "dead_letter",
         }
     }
 }
 
-/// `stop` or `skip`.
+/// `stop`, `skip`, `kinesis:STREAM` or `file:PATH`.
 impl FromStr for FailurePolicy {
     type Err = UnknownValue;
 
@@ -154,7 +161,9 @@ impl FromStr for FailurePolicy {
         match s {
             "stop" => Ok(FailurePolicy::Stop),
             "skip" => Ok(FailurePolicy::Skip),
-            other => Err(unknown(other, "\"stop\" or \"skip\"")),
+            other => DeadLetterTarget::parse(other)
+                .map(FailurePolicy::DeadLetter)
+                .ok_or_else(|| unknown(other, "\"stop\", \"skip\", \"kinesis:STREAM\" or \"file:PATH\"")),
         }
     }
 }
@@ -203,8 +212,24 @@ pub struct ConsumerOptions {
     pub handler_retries: u32,
     /// Delay between handler retries.
     pub retry_backoff: BackoffSettings,
-    /// What to do with a batch that failed every retry.
+    /// Handler calls of a failing record (or batch) before `on_failure` decides,
+    /// counting the first; `None`: `handler_retries + 1`. Splits by `bisect_on_error`
+    /// do not use attempts up; a call that names a later failed record (progress)
+    /// starts the count again.
+    pub max_attempts: Option<u32>,
+    /// Records older than this (by their arrival time) when their turn comes are not
+    /// handed to the handler but given to `on_failure` (which must be `skip` or a
+    /// dead-letter destination). `None`: no limit.
+    pub max_record_age: Option<Duration>,
+    /// Splits a failing batch in halves (recursively) to isolate the failing record,
+    /// when the handler did not name it.
+    pub bisect_on_error: bool,
+    /// What to do with records the handler failed on every attempt.
     pub on_failure: FailurePolicy,
+    /// Lanes per shard, 1 to 10: a shard's records are split by partition key into this
+    /// many lanes handled concurrently, each key in order; the shard's checkpoint is
+    /// at the lowest record not yet handled in every lane.
+    pub parallelization_factor: u32,
     /// A handler call that takes longer fails with a timeout error (and is retried like
     /// any failure). `None`: no limit.
     pub handler_timeout: Option<Duration>,
@@ -238,7 +263,11 @@ impl Default for ConsumerOptions {
             shard_queue_batches: 4,
             handler_retries: 3,
             retry_backoff: BackoffSettings { initial: Duration::from_millis(100), max: Duration::from_secs(5) },
+            max_attempts: None,
+            max_record_age: None,
+            bisect_on_error: false,
             on_failure: FailurePolicy::Stop,
+            parallelization_factor: 1,
             handler_timeout: None,
             reconnect_backoff: BackoffSettings { initial: Duration::from_millis(200), max: Duration::from_secs(10) },
             max_reconnect_attempts: None,
@@ -273,7 +302,11 @@ impl fmt::Debug for ConsumerOptions {
             .field("shard_queue_batches", &self.shard_queue_batches)
             .field("handler_retries", &self.handler_retries)
             .field("retry_backoff", &self.retry_backoff)
+            .field("max_attempts", &self.max_attempts)
+            .field("max_record_age", &self.max_record_age)
+            .field("bisect_on_error", &self.bisect_on_error)
             .field("on_failure", &self.on_failure)
+            .field("parallelization_factor", &self.parallelization_factor)
             .field("handler_timeout", &self.handler_timeout)
             .field("reconnect_backoff", &self.reconnect_backoff)
             .field("max_reconnect_attempts", &self.max_reconnect_attempts)
@@ -309,6 +342,7 @@ impl ConsumerOptions {
         rules::SHARD_QUEUE_BATCHES.check_unsigned(self.shard_queue_batches, spelling)?;
         rules::HANDLER_RETRIES.check_unsigned(self.handler_retries, spelling)?;
         rules::RETRY_BACKOFF.check(self.retry_backoff, spelling)?;
+        rules::check_failure_handling(self, spelling)?;
         if let Some(d) = self.handler_timeout {
             rules::HANDLER_TIMEOUT.check(d, spelling)?;
         }
@@ -361,8 +395,18 @@ pub struct RawOptions {
     pub retry_initial_delay: Option<f64>,
     /// [`ConsumerOptions::retry_backoff`]'s largest delay.
     pub retry_max_delay: Option<f64>,
-    /// [`ConsumerOptions::on_failure`]: `stop` or `skip`.
+    /// [`ConsumerOptions::on_failure`]: `stop`, `skip`, `kinesis:STREAM` or `file:PATH`.
     pub on_failure: Option<String>,
+    /// [`ConsumerOptions::on_failure`] as the caller's own destination (not with `on_failure`).
+    pub on_failure_callback: Option<crate::DeadLetterCallback>,
+    /// [`ConsumerOptions::max_attempts`].
+    pub max_attempts: Option<i64>,
+    /// [`ConsumerOptions::max_record_age`].
+    pub max_record_age: Option<f64>,
+    /// [`ConsumerOptions::bisect_on_error`].
+    pub bisect_on_error: Option<bool>,
+    /// [`ConsumerOptions::parallelization_factor`].
+    pub parallelization_factor: Option<i64>,
     /// [`ConsumerOptions::handler_timeout`].
     pub handler_timeout: Option<f64>,
     /// [`ConsumerOptions::reconnect_backoff`]'s first delay (as `retry_initial_delay`).
@@ -413,10 +457,12 @@ impl RawOptions {
                 time(rules::RETRY_MAX_DELAY, self.retry_max_delay)?,
                 s,
             )?,
-            on_failure: match self.on_failure.as_deref() {
-                Some(name) => rules::parse(rules::ON_FAILURE, name, s)?,
-                None => defaults.on_failure,
-            },
+            on_failure: rules::on_failure(self.on_failure.as_deref(), self.on_failure_callback, s)?,
+            max_attempts: count(rules::MAX_ATTEMPTS, self.max_attempts)?.map(|n| n as u32),
+            max_record_age: time(rules::MAX_RECORD_AGE, self.max_record_age)?,
+            bisect_on_error: self.bisect_on_error.unwrap_or(defaults.bisect_on_error),
+            parallelization_factor: count(rules::PARALLELIZATION_FACTOR, self.parallelization_factor)?
+                .map_or(defaults.parallelization_factor, |n| n as u32),
             handler_timeout: time(rules::HANDLER_TIMEOUT, self.handler_timeout)?.or(defaults.handler_timeout),
             reconnect_backoff: rules::RECONNECT_BACKOFF.merge(
                 defaults.reconnect_backoff,
@@ -492,7 +538,10 @@ mod tests {
             assert_eq!(p.as_str().parse::<FailurePolicy>(), Ok(p));
         }
         let err = "ignore".parse::<FailurePolicy>().unwrap_err();
-        assert_eq!((err.value(), err.to_string().as_str()), ("ignore", "\"stop\" or \"skip\", not \"ignore\""));
+        assert_eq!(
+            (err.value(), err.to_string().as_str()),
+            ("ignore", "\"stop\", \"skip\", \"kinesis:STREAM\" or \"file:PATH\", not \"ignore\"")
+        );
     }
 
     fn refused(raw: RawOptions, spelling: Spelling) -> String {

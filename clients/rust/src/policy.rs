@@ -63,6 +63,11 @@ impl Progress {
         self.handled.as_ref().filter(|h| self.saved.as_ref().is_none_or(|s| s < *h))
     }
 
+    /// The last checkpoint stored by this lease.
+    pub(crate) fn saved_position(&self) -> Option<Position> {
+        self.saved.clone()
+    }
+
     /// Whether `position` is already stored (or behind what is).
     pub(crate) fn is_saved(&self, position: &Position) -> bool {
         self.saved.as_ref().is_some_and(|s| s >= position)

@@ -69,6 +69,9 @@ pub(crate) const SHARD_QUEUE_BATCHES: Count =
     Count { name: Name::new("shard_queue_batches", "shardQueueBatches"), min: 1, max: 1 << 20 };
 pub(crate) const HANDLER_RETRIES: Count =
     Count { name: Name::new("handler_retries", "handlerRetries"), min: 0, max: U32_MAX };
+pub(crate) const MAX_ATTEMPTS: Count = Count { name: Name::new("max_attempts", "maxAttempts"), min: 1, max: U32_MAX };
+pub(crate) const PARALLELIZATION_FACTOR: Count =
+    Count { name: Name::new("parallelization_factor", "parallelizationFactor"), min: 1, max: 10 };
 pub(crate) const MAX_RECONNECT_ATTEMPTS: Count =
     Count { name: Name::new("max_reconnect_attempts", "maxReconnectAttempts"), min: 1, max: U32_MAX };
 pub(crate) const MAX_INITIAL_CONNECT_ATTEMPTS: Count =
@@ -117,6 +120,7 @@ pub(crate) const RECONNECT_MAX_DELAY: Time =
     Time { name: Name::new("reconnect_max_delay", "reconnectMaxDelayMs"), positive: true };
 pub(crate) const REQUEST_TIMEOUT: Time =
     Time { name: Name::new("request_timeout", "requestTimeoutMs"), positive: true };
+pub(crate) const MAX_RECORD_AGE: Time = Time { name: Name::new("max_record_age", "maxRecordAgeMs"), positive: true };
 pub(crate) const SHUTDOWN_TIMEOUT: Time =
     Time { name: Name::new("shutdown_timeout", "shutdownTimeoutMs"), positive: false };
 
@@ -275,6 +279,41 @@ pub(crate) fn checkpoint_policy(
     }
 }
 
+/// `on_failure` by name (`stop`, `skip`, `kinesis:STREAM`, `file:PATH`) or as a callback (not both).
+pub(crate) fn on_failure(
+    name: Option<&str>,
+    callback: Option<crate::DeadLetterCallback>,
+    spelling: Spelling,
+) -> Result<crate::FailurePolicy, Error> {
+    match (name, callback) {
+        (Some(_), Some(_)) => {
+            Err(invalid(format!("give {} as a name or a callback, not both", ON_FAILURE.spelled(spelling))))
+        }
+        (Some(name), None) => parse(ON_FAILURE, name, spelling),
+        (None, Some(c)) => Ok(crate::FailurePolicy::DeadLetter(crate::DeadLetterTarget::Callback(c))),
+        (None, None) => Ok(crate::FailurePolicy::default()),
+    }
+}
+
+/// The failure options together: counts and durations within bounds, and
+/// `max_record_age` only where a too-old record has somewhere to go.
+pub(crate) fn check_failure_handling(o: &crate::ConsumerOptions, spelling: Spelling) -> Result<(), Error> {
+    if let Some(n) = o.max_attempts {
+        MAX_ATTEMPTS.check_unsigned(n, spelling)?;
+    }
+    if let Some(d) = o.max_record_age {
+        MAX_RECORD_AGE.check(d, spelling)?;
+        if o.on_failure == crate::FailurePolicy::Stop {
+            return Err(invalid(format!(
+                "{} needs {} \"skip\" or a dead-letter destination (records too old have to go somewhere)",
+                MAX_RECORD_AGE.name.spelled(spelling),
+                ON_FAILURE.spelled(spelling)
+            )));
+        }
+    }
+    PARALLELIZATION_FACTOR.check_unsigned(o.parallelization_factor, spelling)
+}
+
 /// The policy's own values within their bounds.
 pub(crate) fn check_checkpoint_policy(policy: CheckpointPolicy, spelling: Spelling) -> Result<(), Error> {
     match policy {
@@ -364,6 +403,34 @@ mod tests {
             "checkpoint must be \"batch\" or \"manual\", not \"sometimes\""
         );
         assert!(checkpoint_policy(None, Some(0), None, s).is_err());
+    }
+
+    #[test]
+    fn failure_options_have_their_bounds_and_fit_together() {
+        let s = Spelling::Snake;
+        let ok = crate::ConsumerOptions::default();
+        assert!(check_failure_handling(&ok, s).is_ok());
+        let aged = crate::ConsumerOptions { max_record_age: Some(Duration::from_secs(60)), ..ok.clone() };
+        assert_eq!(
+            message(check_failure_handling(&aged, Spelling::Camel)),
+            "maxRecordAgeMs needs onFailure \"skip\" or a dead-letter destination (records too old have to go somewhere)"
+        );
+        let skip = crate::ConsumerOptions { on_failure: crate::FailurePolicy::Skip, ..aged };
+        assert!(check_failure_handling(&skip, s).is_ok());
+        let lanes = crate::ConsumerOptions { parallelization_factor: 11, ..ok.clone() };
+        assert_eq!(
+            message(check_failure_handling(&lanes, s)),
+            "parallelization_factor must be between 1 and 10, not 11"
+        );
+        assert!(check_failure_handling(&crate::ConsumerOptions { max_attempts: Some(0), ..ok }, s).is_err());
+        assert_eq!(
+            on_failure(Some("kinesis:dlq"), None, s).unwrap(),
+            crate::FailurePolicy::DeadLetter(crate::DeadLetterTarget::Kinesis { stream: "dlq".into() })
+        );
+        assert_eq!(
+            message(on_failure(Some("later"), None, s)),
+            "on_failure must be \"stop\", \"skip\", \"kinesis:STREAM\" or \"file:PATH\", not \"later\""
+        );
     }
 
     #[test]

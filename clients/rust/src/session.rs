@@ -17,10 +17,12 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::checkpointer::ShardLease;
 use crate::connection::{Api, Target};
+use crate::dead_letter::DeadLetter;
 use crate::error::{describe, Error};
 use crate::handler::{Handler, ShardInfo, StopReason};
 use crate::options::{ConsumerOptions, StartPosition};
 use crate::shard_worker::{Control, ExitReporter, ShardWorker, WorkerExit};
+use crate::stats::Counters;
 
 /// A shard, by stream and shard id.
 type ShardKey = (String, String);
@@ -35,6 +37,12 @@ pub(crate) struct Shared {
     pub handler_slots: Arc<Semaphore>,
     /// One lock per shard, held by the worker of its current lease.
     pub shard_locks: Mutex<HashMap<ShardKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// The consumer's counters.
+    pub stats: Arc<Counters>,
+    /// Where given-up records go (`on_failure` = a destination), opened once.
+    pub dead_letter: Option<Arc<dyn DeadLetter>>,
+    /// Cancelled at the shutdown deadline: handler calls in hand are cancelled.
+    pub expire: CancellationToken,
 }
 
 impl Shared {
@@ -143,8 +151,13 @@ pub(crate) async fn run(
             _ = sleep_until(deadline), if deadline.is_some() => {
                 warn!(session = %router.session_id, shards = router.routes.len(),
                     "shutdown timeout: dropping the batches still in hand and closing the session");
+                // Calls in hand are cancelled; a host call that keeps running when
+                // dropped is awaited (by `run`), so that no shard ever has two.
+                shared.expire.cancel();
                 router.disconnect();
-                workers.abort_all();
+                if !shared.handler.keeps_running_when_dropped() {
+                    workers.abort_all();
+                }
                 return failure.map_or(SessionEnd::Stopped, SessionEnd::Failed);
             }
             message = events.message() => {
@@ -260,7 +273,9 @@ impl Router<'_> {
             self.session_id.clone(),
             shard.clone(),
             options.request_timeout,
-        );
+        )
+        .with_stats(self.shared.stats.clone());
+        self.shared.stats.shard_assigned(&shard.stream, &shard.shard_id, shard.lease_epoch);
         let worker = ShardWorker {
             lease: Arc::new(lease),
             handler: self.shared.handler.clone(),
@@ -269,6 +284,10 @@ impl Router<'_> {
             control,
             handler_slots: self.shared.handler_slots.clone(),
             shard_lock: self.shared.shard_lock(&key),
+            stats: self.shared.stats.clone(),
+            app: self.shared.app.as_str().into(),
+            dead_letter: self.shared.dead_letter.clone(),
+            expire: self.shared.expire.clone(),
             reporter: ExitReporter::new(self.exits.clone(), shard.clone()),
         };
         let span = info_span!("shard", stream = %shard.stream, shard = %shard.shard_id, epoch = shard.lease_epoch);
@@ -279,6 +298,7 @@ impl Router<'_> {
 
     fn on_records(&mut self, batch: pb::RecordBatch) {
         let stopping = self.stopping.is_some();
+        let shared = self.shared;
         let Some(route) = self.route(&batch.stream, &batch.shard_id, batch.lease_epoch) else {
             debug!(stream = %batch.stream, shard = %batch.shard_id, epoch = batch.lease_epoch,
                 "dropping a batch of a shard not held at its epoch");
@@ -287,6 +307,7 @@ impl Router<'_> {
         if stopping || route.shedding {
             return;
         }
+        shared.stats.lag(&batch.stream, &batch.shard_id, batch.lease_epoch, batch.millis_behind_latest);
         match route.queue.try_send(batch) {
             Ok(()) => {}
             Err(TrySendError::Full(batch)) => {
@@ -306,6 +327,7 @@ impl Router<'_> {
         if self.routes.get(&key).is_some_and(|r| r.epoch == exit.shard.lease_epoch) {
             self.routes.remove(&key);
         }
+        self.shared.stats.shard_gone(&exit.shard.stream, &exit.shard.shard_id, exit.shard.lease_epoch);
         debug!(stream = %exit.shard.stream, shard = %exit.shard.shard_id, epoch = exit.shard.lease_epoch,
             reason = ?exit.reason, "shard worker ended");
         exit.error
@@ -360,6 +382,9 @@ mod tests {
             options: Arc::new(options),
             handler: Arc::new(handler),
             shard_locks: Mutex::default(),
+            stats: Arc::default(),
+            dead_letter: None,
+            expire: CancellationToken::new(),
         });
         let stop = CancellationToken::new();
         let task = tokio::spawn({

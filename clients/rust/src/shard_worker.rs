@@ -2,24 +2,27 @@
 //! retries failures, checkpoints by policy, and answers the session's signals (revoke,
 //! lease lost, shard end, overflow, stop, disconnect).
 
-use std::any::Any;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use kinesis_butler_proto as pb;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::checkpointer::{Checkpointer, ShardLease, Target};
+use crate::checkpointer::{ShardLease, Target};
+use crate::dead_letter::DeadLetter;
 use crate::error::{Error, ErrorKind, HandlerError};
-use crate::handler::{Batch, Handler, Record, ShardInfo, StopReason};
-use crate::options::{CheckpointPolicy, ConsumerOptions, FailurePolicy};
+use crate::failure::{interruption, panicked, position, Attempts, Outcome};
+use crate::handler::{Handler, Record, ShardInfo, StopReason};
+use crate::lanes::{lane_of, Tracker};
+use crate::options::{CheckpointPolicy, ConsumerOptions};
 use crate::policy::Position;
+use crate::stats::Counters;
 use kinesis_butler_proto::backoff::Backoff;
+use tokio_util::sync::CancellationToken;
 
 /// What the session tells a worker. A `watch` value: the worker acts on the latest.
 #[derive(Clone, Debug, Default)]
@@ -41,7 +44,7 @@ pub(crate) struct Control {
 
 impl Control {
     /// The signal that ends work on the shard before its queue is handled, if any.
-    fn interruption(&self) -> Option<StopReason> {
+    pub(crate) fn interruption(&self) -> Option<StopReason> {
         if self.lost {
             Some(StopReason::LeaseLost)
         } else if self.disconnected {
@@ -111,13 +114,14 @@ pub(crate) struct ShardWorker {
     /// starts only after this one is done (order across leases).
     pub shard_lock: Arc<tokio::sync::Mutex<()>>,
     pub reporter: ExitReporter,
-}
-
-/// How one batch went.
-enum Delivery {
-    Handled,
-    Interrupted(StopReason),
-    Failed { attempts: u32, error: HandlerError },
+    /// The app, for dead-letter entries.
+    pub app: Arc<str>,
+    /// The consumer's counters.
+    pub stats: Arc<Counters>,
+    /// Where given-up records go (`on_failure` = a destination).
+    pub dead_letter: Option<Arc<dyn DeadLetter>>,
+    /// Cancelled at the shutdown deadline: calls in hand are cancelled.
+    pub expire: CancellationToken,
 }
 
 type Exit = (StopReason, Option<Error>);
@@ -149,6 +153,10 @@ impl ShardWorker {
     }
 
     async fn process(&mut self) -> Exit {
+        if self.options.parallelization_factor > 1 {
+            let (reason, error) = self.run_lanes().await;
+            return self.finish(reason, error).await;
+        }
         loop {
             let control = self.control.borrow_and_update().clone();
             if let Some(reason) = control.interruption() {
@@ -192,95 +200,181 @@ impl ShardWorker {
         }
     }
 
-    /// Hands one batch to the handler (with retries), then checkpoints by policy.
-    /// Returns the exit when work on the shard ends.
+    /// Hands one batch to the handler (attempts, partial failures, bisect, `on_failure`:
+    /// see `failure.rs`), then checkpoints by policy. Returns the exit when work on the
+    /// shard ends.
     async fn handle(&mut self, batch: pb::RecordBatch) -> Option<Exit> {
         let millis_behind = batch.millis_behind_latest;
         let records: Arc<[Record]> = batch.records.into_iter().map(Record::from).collect();
-        let last = records.last()?;
-        let last = Position { sequence: last.sequence_number.clone(), sub_sequence: last.sub_sequence_number };
-        match self.deliver(&records, millis_behind, &last).await {
-            Delivery::Handled => {}
-            Delivery::Interrupted(reason) => return Some(self.finish(reason, None).await),
-            Delivery::Failed { attempts, error } => {
-                let shard = self.lease.shard();
-                match self.options.on_failure {
-                    FailurePolicy::Stop => {
-                        error!(attempts, error = %error, first = %records[0].sequence_number,
-                            "handler failed on every attempt; stopping the consumer");
-                        let error = Error::Handler {
-                            stream: shard.stream.clone(),
-                            shard_id: shard.shard_id.clone(),
-                            attempts,
-                            source: error.into_inner(),
-                        };
-                        return Some(self.finish(StopReason::HandlerFailed, Some(error)).await);
-                    }
-                    FailurePolicy::Skip => {
-                        error!(attempts, error = %error, first = %records[0].sequence_number, last = %last.sequence,
-                            records = records.len(), "handler failed on every attempt; skipping the batch");
-                    }
-                }
+        if records.is_empty() {
+            return None;
+        }
+        let lease = self.lease.clone();
+        let done = move |finished: &[Record]| {
+            if let Some(last) = finished.last() {
+                lease.progress().handled(position(last), finished.len() as u64, Instant::now());
+            }
+        };
+        let attempts = Attempts {
+            app: &self.app,
+            lease: &self.lease,
+            handler: &self.handler,
+            options: &self.options,
+            slots: &self.handler_slots,
+            stats: &self.stats,
+            dead_letter: self.dead_letter.as_ref(),
+            expire: &self.expire,
+        };
+        match attempts.run(records, millis_behind, &mut self.control, &done).await {
+            Outcome::Done => self.checkpoint_if_due().await,
+            Outcome::Interrupted(reason) => Some(self.finish(reason, None).await),
+            Outcome::Failed { attempts, error } => {
+                let error = self.handler_failed(attempts, error);
+                Some(self.finish(StopReason::HandlerFailed, Some(error)).await)
             }
         }
-        self.lease.progress().handled(last, records.len() as u64, Instant::now());
-        self.checkpoint_if_due().await
     }
 
-    /// Calls the handler until it succeeds, the retries run out, or a signal ends the
-    /// shard's work (not during a call: the batch in hand is always finished).
-    async fn deliver(&mut self, records: &Arc<[Record]>, millis_behind: i64, last: &Position) -> Delivery {
-        let max_attempts = self.options.handler_retries.saturating_add(1);
-        let mut backoff = Backoff::new(self.options.retry_backoff);
-        let mut attempt = 0;
+    fn handler_failed(&self, attempts: u32, error: HandlerError) -> Error {
+        let shard = self.lease.shard();
+        Error::Handler {
+            stream: shard.stream.clone(),
+            shard_id: shard.shard_id.clone(),
+            attempts,
+            source: error.into_inner(),
+        }
+    }
+
+    /// `parallelization_factor` > 1: the shard's records go into per-key lanes, each
+    /// handled in order by its own calls while the others run; batches keep being taken
+    /// in while lanes work (bounded); the checkpoint is at the lowest record not yet
+    /// finished in every lane. Returns why work on the shard ends (not yet finished).
+    async fn run_lanes(&mut self) -> Exit {
+        let factor = self.options.parallelization_factor.max(1) as usize;
+        let chunk = match self.options.max_records_per_batch {
+            0 => 10_000,
+            n => n as usize,
+        };
+        let limit = chunk * (self.options.shard_queue_batches + 1);
+        let tracker = std::sync::Mutex::new(Tracker::default());
+        let lease = self.lease.clone();
+        let done = |finished: &[Record]| {
+            let mut t = tracker.lock().unwrap_or_else(|e| e.into_inner());
+            let positions: Vec<Position> = finished.iter().map(position).collect();
+            t.finish(positions.iter());
+            if let Some((last, n)) = t.advance() {
+                lease.progress().handled(last, n, Instant::now());
+            }
+        };
+        let ShardWorker {
+            app, lease, handler, options, queue, control, handler_slots, stats, dead_letter, expire, ..
+        } = self;
+        let attempts = Attempts {
+            app,
+            lease,
+            handler,
+            options,
+            slots: handler_slots,
+            stats,
+            dead_letter: dead_letter.as_ref(),
+            expire,
+        };
+        let (attempts, done) = (&attempts, &done);
+        let mut lanes: Vec<std::collections::VecDeque<Record>> = vec![Default::default(); factor];
+        let mut busy = vec![false; factor];
+        let mut running = futures::stream::FuturesUnordered::new();
+        let mut millis_behind = 0;
+        let mut ending: Option<Exit> = None;
+        let mut control_open = true;
         loop {
-            attempt += 1;
-            let slot = tokio::select! {
-                biased;
-                reason = interruption(&mut self.control) => return Delivery::Interrupted(reason),
-                slot = self.handler_slots.clone().acquire_owned() => slot,
-            };
-            let batch = Batch {
-                shard: self.lease.shard().clone(),
-                records: records.clone(),
-                millis_behind_latest: millis_behind,
-                attempt,
-                checkpointer: Checkpointer::new(self.lease.clone(), last.clone()),
-            };
-            let result = call_handler(self.handler.as_ref(), batch, self.options.handler_timeout).await;
-            drop(slot);
-            let error = match result {
-                Ok(()) => return Delivery::Handled,
-                Err(error) if attempt >= max_attempts => return Delivery::Failed { attempts: attempt, error },
-                Err(error) => error,
-            };
-            let delay = backoff.next_delay();
-            warn!(attempt, max_attempts, error = %error, ?delay, "handler failed, retrying the batch");
+            if ending.is_none() {
+                for lane in 0..factor {
+                    if busy[lane] || lanes[lane].is_empty() {
+                        continue;
+                    }
+                    let n = lanes[lane].len().min(chunk);
+                    let part: Arc<[Record]> = lanes[lane].drain(..n).collect();
+                    busy[lane] = true;
+                    let mut lane_control = control.clone();
+                    running
+                        .push(async move { (lane, attempts.run(part, millis_behind, &mut lane_control, done).await) });
+                }
+            }
+            if running.is_empty() {
+                if let Some(exit) = ending.take() {
+                    return exit;
+                }
+                let c = control.borrow_and_update().clone();
+                if let Some(reason) = c.interruption() {
+                    return (reason, None);
+                }
+                if queue.is_empty() && c.ended {
+                    return (StopReason::Ended, None);
+                }
+                if queue.is_empty() && c.overflowed {
+                    return (StopReason::Released, None);
+                }
+            }
+            let taking = ending.is_none() && tracker.lock().unwrap_or_else(|e| e.into_inner()).len() < limit;
+            let deadline = lease.progress().deadline(options.checkpoint);
             tokio::select! {
                 biased;
-                reason = interruption(&mut self.control) => return Delivery::Interrupted(reason),
-                _ = tokio::time::sleep(delay) => {}
+                Some((lane, outcome)) = running.next(), if !running.is_empty() => {
+                    busy[lane] = false;
+                    match outcome {
+                        Outcome::Done => {
+                            if let Some(exit) = checkpoint_due(lease, options).await {
+                                ending.get_or_insert(exit);
+                            }
+                        }
+                        Outcome::Interrupted(reason) => {
+                            ending.get_or_insert((reason, None));
+                        }
+                        Outcome::Failed { attempts, error } => {
+                            let shard = lease.shard();
+                            let error = Error::Handler {
+                                stream: shard.stream.clone(),
+                                shard_id: shard.shard_id.clone(),
+                                attempts,
+                                source: error.into_inner(),
+                            };
+                            ending = Some((StopReason::HandlerFailed, Some(error)));
+                        }
+                    }
+                }
+                changed = control.changed(), if control_open => {
+                    if changed.is_err() {
+                        control_open = false;
+                        ending.get_or_insert((StopReason::Disconnected, None));
+                    } else if let Some(reason) = control.borrow().interruption() {
+                        ending.get_or_insert((reason, None));
+                    }
+                }
+                batch = queue.recv(), if taking => match batch {
+                    Some(batch) => {
+                        millis_behind = batch.millis_behind_latest;
+                        let records: Vec<Record> = batch.records.into_iter().map(Record::from).collect();
+                        tracker.lock().unwrap_or_else(|e| e.into_inner()).take(records.iter().map(position));
+                        for r in records {
+                            lanes[lane_of(&r.partition_key, factor)].push_back(r);
+                        }
+                    }
+                    None => {
+                        ending.get_or_insert((StopReason::Disconnected, None));
+                    }
+                },
+                _ = sleep_until(deadline), if deadline.is_some() && ending.is_none() => {
+                    if let Some(exit) = checkpoint_due(lease, options).await {
+                        ending.get_or_insert(exit);
+                    }
+                }
             }
         }
     }
 
     /// Stores the handled progress when the policy says so.
     async fn checkpoint_if_due(&mut self) -> Option<Exit> {
-        if !self.lease.progress().is_due(self.options.checkpoint, Instant::now()) {
-            return None;
-        }
-        match self.lease.store(Target::Handled, false).await {
-            Ok(()) => None,
-            Err(e) if e.kind() == ErrorKind::LeaseLost => {
-                warn!(error = %e, "checkpoint refused: the lease is lost");
-                Some((StopReason::LeaseLost, None))
-            }
-            Err(e) => {
-                // Kept as unsaved progress: the next checkpoint carries it.
-                warn!(error = %e, "checkpoint failed; will try again after the next batch");
-                None
-            }
-        }
+        checkpoint_due(&self.lease, &self.options).await
     }
 
     /// The last word on the shard for `reason`: checkpoint and release as it requires.
@@ -335,11 +429,22 @@ impl ShardWorker {
     }
 }
 
-/// Waits for a signal that interrupts the shard's work.
-async fn interruption(control: &mut watch::Receiver<Control>) -> StopReason {
-    match control.wait_for(|c| c.interruption().is_some()).await {
-        Ok(c) => c.interruption().unwrap_or(StopReason::Disconnected),
-        Err(_) => StopReason::Disconnected,
+/// Stores the handled progress of `lease` when the policy says so.
+async fn checkpoint_due(lease: &ShardLease, options: &ConsumerOptions) -> Option<Exit> {
+    if !lease.progress().is_due(options.checkpoint, Instant::now()) {
+        return None;
+    }
+    match lease.store(Target::Handled, false).await {
+        Ok(()) => None,
+        Err(e) if e.kind() == ErrorKind::LeaseLost => {
+            warn!(error = %e, "checkpoint refused: the lease is lost");
+            Some((StopReason::LeaseLost, None))
+        }
+        Err(e) => {
+            // Kept as unsaved progress: the next checkpoint carries it.
+            warn!(error = %e, "checkpoint failed; will try again after the next batch");
+            None
+        }
     }
 }
 
@@ -348,25 +453,6 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// Runs the handler on one batch: a panic or a timeout is an error like any other.
-async fn call_handler(handler: &dyn Handler, batch: Batch, timeout: Option<Duration>) -> Result<(), HandlerError> {
-    let future = match std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(batch))) {
-        Ok(future) => future,
-        Err(panic) => return Err(panicked(panic)),
-    };
-    let guarded = AssertUnwindSafe(future).catch_unwind();
-    let outcome = match timeout {
-        None => guarded.await,
-        Some(limit) => match tokio::time::timeout(limit, guarded).await {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                return Err(HandlerError::msg(format!("the handler did not finish within {limit:?} (handler_timeout)")))
-            }
-        },
-    };
-    outcome.unwrap_or_else(|panic| Err(panicked(panic)))
 }
 
 /// Runs a hook; a panic in it is logged, not propagated.
@@ -380,15 +466,6 @@ async fn guarded_hook(hook: impl FnOnce() -> futures::future::BoxFuture<'static,
     }
 }
 
-fn panicked(payload: Box<dyn Any + Send>) -> HandlerError {
-    let text = payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(a payload that is not text)".into());
-    HandlerError::msg(format!("the handler panicked: {text}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,6 +474,7 @@ mod tests {
     use crate::scripted::ScriptedButler;
     use crate::test_support::{batch, short, wait_calls, Call, Recording};
     use std::sync::Mutex;
+    use std::time::Duration;
 
     /// A worker of `shard-1` at epoch 7 against a scripted Butler, and its controls.
     struct Rig {
@@ -433,6 +511,10 @@ mod tests {
             control,
             shard_lock: Arc::default(),
             reporter: ExitReporter::new(exits_tx, shard),
+            app: "app".into(),
+            stats: Arc::default(),
+            dead_letter: None,
+            expire: CancellationToken::new(),
         };
         (Rig { butler, queue: queue_tx, control: control_tx, exits, calls, changed, gate }, worker)
     }
