@@ -40,6 +40,37 @@ export declare class Batch {
    * batch. Rejects with LeaseLostError when the shard moved to another consumer.
    */
   checkpoint(record?: Pick<Record, 'sequenceNumber' | 'subSequenceNumber'> | null): Promise<void>
+  /** Aborted when the client gives up on this call (handlerTimeoutMs, shutdown): stop and return. */
+  readonly signal: AbortSignal
+}
+
+/** A record given up (onFailure), with its failure metadata. */
+export interface DeadLetterEntry {
+  app: string
+  stream: string
+  shardId: string
+  sequenceNumber: string
+  subSequenceNumber: number
+  partitionKey: string
+  attempts: number
+  error: string
+  reason: 'handler_failed' | 'too_old'
+  approximateArrivalTimestampMs: number
+  data: Buffer
+}
+
+/** consumer.stats(): counters since the consumer was made, and its shards now. */
+export interface Stats {
+  recordsHandled: number
+  batchesHandled: number
+  checkpoints: number
+  retries: number
+  reconnects: number
+  deadLettered: number
+  skipped: number
+  bisectSteps: number
+  handlerTimeouts: number
+  shards: { stream: string; shardId: string; leaseEpoch: number; millisBehindLatest: number; recordsHandled: number }[]
 }
 
 /** Settings of a Consumer; durations are in milliseconds. Left out: the default. */
@@ -68,9 +99,21 @@ export interface ConsumerOptions {
   handlerRetries?: number
   retryInitialDelayMs?: number
   retryMaxDelayMs?: number
-  /** 'stop' (default: run() rejects with HandlerError) or 'skip' a batch that failed every retry. */
-  onFailure?: 'stop' | 'skip'
-  /** A handler call taking longer fails (and is retried). Default: no limit. */
+  /**
+   * Records that failed every attempt: 'stop' (default: run() rejects with HandlerError),
+   * 'skip', a dead-letter destination 'kinesis:STREAM' or 'file:PATH' (JSON lines), or a
+   * function taking the entries (resolve once stored; throw to make the shard wait and retry).
+   */
+  onFailure?: 'stop' | 'skip' | `kinesis:${string}` | `file:${string}` | ((entries: DeadLetterEntry[]) => unknown)
+  /** Calls of a failing record or batch before onFailure (default handlerRetries + 1). */
+  maxAttempts?: number
+  /** Records older than this go to onFailure instead of the handler ('skip' or a destination). */
+  maxRecordAgeMs?: number
+  /** Split a failing batch in halves to isolate the failed record (when the handler did not name it). */
+  bisectOnError?: boolean
+  /** 1..10 lanes per shard by partition key, each key in order (default 1). */
+  parallelizationFactor?: number
+  /** A handler call taking longer is aborted (batch.signal) and retried once it returned. Default: no limit. */
   handlerTimeoutMs?: number
   reconnectInitialDelayMs?: number
   reconnectMaxDelayMs?: number
@@ -84,7 +127,11 @@ export interface ConsumerOptions {
   shutdownTimeoutMs?: number
 }
 
-/** A handler: may return a Promise; throwing or rejecting fails the batch (it is retried). */
+/**
+ * A handler: may return a Promise; throwing or rejecting fails the batch (it is retried).
+ * Throw an Error with `.record` (or resolve `{ failedRecord }`) to name the first failed
+ * record: the records before it count as handled and the retry starts at it.
+ */
 export type Handler = (batch: Batch) => unknown
 
 /**
@@ -104,6 +151,8 @@ export declare class Consumer {
    * handled and checkpointed. Rejects with HandlerError, NotFoundError, ConnectionError…
    */
   run(handler: Handler): Promise<void>
+  /** Counters and per-shard lag now. */
+  stats(): Stats
   /** Stops gracefully; batches in hand finish and are checkpointed. */
   stop(): void
 }

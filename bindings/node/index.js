@@ -135,6 +135,13 @@ class Batch {
   #native
   constructor(native) {
     this.#native = native
+    // Aborted when the client gives up on this call (handlerTimeoutMs, shutdown).
+    const controller = new AbortController()
+    this.signal = controller.signal
+    native.cancelled().then(
+      (cancelled) => cancelled && controller.abort(new Error(`the handler call on ${native.shardId} was cancelled (timeout)`)),
+      () => {},
+    )
     this.stream = native.stream
     this.shardId = native.shardId
     this.leaseEpoch = native.leaseEpoch
@@ -167,6 +174,7 @@ const DURATIONS = [
   'retryInitialDelayMs',
   'retryMaxDelayMs',
   'handlerTimeoutMs',
+  'maxRecordAgeMs',
   'reconnectInitialDelayMs',
   'reconnectMaxDelayMs',
   'requestTimeoutMs',
@@ -180,6 +188,8 @@ const COUNTS = [
   'handlerRetries',
   'maxReconnectAttempts',
   'maxInitialConnectAttempts',
+  'maxAttempts',
+  'parallelizationFactor',
 ]
 const STRINGS = ['clientName', 'authToken', 'checkpoint', 'onFailure']
 const TLS = ['caCertificatePem', 'domainName', 'clientCertificatePem', 'clientKeyPem']
@@ -203,6 +213,11 @@ function nativeOptions(options) {
       if (typeof value !== 'number' || !Number.isInteger(value)) {
         throw new TypeError(`options.${key} must be an integer, not ${typeOf(value)}`)
       }
+      out[key] = value
+    } else if (key === 'onFailure' && typeof value === 'function') {
+      continue // passed to the native consumer on its own
+    } else if (key === 'bisectOnError') {
+      if (typeof value !== 'boolean') throw new TypeError(`options.bisectOnError must be a boolean, not ${typeOf(value)}`)
       out[key] = value
     } else if (STRINGS.includes(key)) {
       if (typeof value !== 'string') throw new TypeError(`options.${key} must be a string, not ${typeOf(value)}`)
@@ -232,6 +247,31 @@ function nativeOptions(options) {
   return out
 }
 
+// A failed call as the native side takes it: the text, and the failed record if named.
+function failure(message, record) {
+  const named = record && typeof record === 'object' && typeof record.sequenceNumber === 'string'
+  return {
+    message,
+    failedSequenceNumber: named ? record.sequenceNumber : undefined,
+    failedSubSequenceNumber: named && typeof record.subSequenceNumber === 'number' ? record.subSequenceNumber : undefined,
+  }
+}
+
+// `onFailure` as a function: called with the given-up entries; resolves null once they
+// are stored, or the text of what it threw (the shard waits and calls again).
+function deadLetterFunction(options) {
+  const fn = options && typeof options === 'object' ? options.onFailure : undefined
+  if (typeof fn !== 'function') return undefined
+  return async (entries) => {
+    try {
+      await fn(entries)
+      return null
+    } catch (error) {
+      return describe(error)
+    }
+  }
+}
+
 /**
  * Reads `streams` of `app` through the Kinesis Butler server at `endpoint` and hands
  * their records to a handler, checkpointing for it.
@@ -254,7 +294,7 @@ class Consumer {
     }
     const native = nativeOptions(options)
     try {
-      this.#native = new NativeConsumer(endpoint, app, streams, native)
+      this.#native = new NativeConsumer(endpoint, app, streams, native, deadLetterFunction(options))
     } catch (e) {
       if (e && e.code === 'InvalidArg') throw new InvalidArgumentError(e.message)
       throw e
@@ -298,11 +338,14 @@ class Consumer {
     const call = async (native) => {
       const batch = new Batch(native)
       try {
-        await handler(batch)
+        const result = await handler(batch)
+        if (result && typeof result === 'object' && result.failedRecord) {
+          return failure(`the handler reported record ${result.failedRecord.sequenceNumber} failed`, result.failedRecord)
+        }
         return undefined
       } catch (error) {
         thrown.set(`${batch.stream}/${batch.shardId}`, error)
-        return describe(error)
+        return failure(describe(error), error && typeof error === 'object' ? error.record : undefined)
       }
     }
     const error = await this.#native.run(call)
@@ -310,6 +353,11 @@ class Consumer {
       const cause = error.kind === 'handler' ? thrown.get(`${error.stream}/${error.shardId}`) : undefined
       throw toError(error, cause)
     }
+  }
+
+  /** Counters since the consumer was made, and the lag of the shards it holds now. */
+  stats() {
+    return this.#native.stats()
   }
 
   /**

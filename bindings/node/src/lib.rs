@@ -24,6 +24,7 @@ use napi_derive::napi;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+pub mod failure;
 pub mod logging;
 
 /// An error of the client, as `index.js` receives it (it throws the matching class).
@@ -114,9 +115,12 @@ pub struct NativeOptions {
     pub handler_retries: Option<f64>,
     pub retry_initial_delay_ms: Option<f64>,
     pub retry_max_delay_ms: Option<f64>,
-    /// `stop` or `skip`.
-    #[napi(ts_type = "'stop' | 'skip'")]
+    /// `stop`, `skip`, `kinesis:STREAM` or `file:PATH` (a function goes separately).
     pub on_failure: Option<String>,
+    pub max_attempts: Option<f64>,
+    pub max_record_age_ms: Option<f64>,
+    pub bisect_on_error: Option<bool>,
+    pub parallelization_factor: Option<f64>,
     pub handler_timeout_ms: Option<f64>,
     pub reconnect_initial_delay_ms: Option<f64>,
     pub reconnect_max_delay_ms: Option<f64>,
@@ -154,6 +158,11 @@ impl NativeOptions {
             retry_initial_delay: self.retry_initial_delay_ms,
             retry_max_delay: self.retry_max_delay_ms,
             on_failure: self.on_failure,
+            on_failure_callback: None,
+            max_attempts: whole(self.max_attempts),
+            max_record_age: self.max_record_age_ms,
+            bisect_on_error: self.bisect_on_error,
+            parallelization_factor: whole(self.parallelization_factor),
             handler_timeout: self.handler_timeout_ms,
             reconnect_initial_delay: self.reconnect_initial_delay_ms,
             reconnect_max_delay: self.reconnect_max_delay_ms,
@@ -199,6 +208,8 @@ pub struct PackedRecords {
 #[napi]
 pub struct NativeBatch {
     batch: kb::Batch,
+    /// Cancelled once the call returned.
+    done: kb::CancellationToken,
 }
 
 #[napi]
@@ -226,6 +237,17 @@ impl NativeBatch {
     #[napi(getter)]
     pub fn attempt(&self) -> u32 {
         self.batch.attempt()
+    }
+
+    /// Resolves `true` when the client gives up on this call (handler timeout, shutdown
+    /// deadline: `index.js` aborts the batch's `AbortSignal`), `false` once it returned.
+    #[napi]
+    pub async fn cancelled(&self) -> bool {
+        let (cancel, done) = (self.batch.cancellation_token().clone(), self.done.clone());
+        tokio::select! {
+            _ = cancel.cancelled() => true,
+            _ = done.cancelled() => false,
+        }
     }
 
     /// The records, in sequence order, as columns (see [`PackedRecords`]).
@@ -279,8 +301,8 @@ impl NativeBatch {
 }
 
 /// The handler as `index.js` passes it: resolves `undefined` when the batch was handled,
-/// or a description of what the user's handler threw (`index.js` keeps the error itself).
-type JsHandler = ThreadsafeFunction<NativeBatch, Promise<Option<String>>, NativeBatch, Status, false>;
+/// or what the user's handler threw, described (`index.js` keeps the error itself).
+type JsHandler = ThreadsafeFunction<NativeBatch, Promise<Option<failure::CallFailure>>, NativeBatch, Status, false>;
 
 struct NodeHandler {
     tsfn: Arc<JsHandler>,
@@ -290,16 +312,24 @@ impl kb::Handler for NodeHandler {
     fn handle(&self, batch: kb::Batch) -> BoxFuture<'static, std::result::Result<(), kb::HandlerError>> {
         let tsfn = self.tsfn.clone();
         Box::pin(async move {
+            let done = kb::CancellationToken::new();
+            let _returned = done.clone().drop_guard();
             let promise = tsfn
-                .call_async_catch(NativeBatch { batch })
+                .call_async_catch(NativeBatch { batch, done })
                 .await
                 .map_err(|e| kb::HandlerError::msg(format!("calling the handler failed: {}", e.reason)))?;
             match promise.await {
                 Ok(None) => Ok(()),
-                Ok(Some(thrown)) => Err(kb::HandlerError::msg(thrown)),
+                Ok(Some(thrown)) => Err(thrown.into_error()),
                 Err(e) => Err(kb::HandlerError::msg(e.reason)),
             }
         })
+    }
+
+    /// A Promise keeps running when its future is dropped: the client aborts the
+    /// batch's signal and waits for it.
+    fn keeps_running_when_dropped(&self) -> bool {
+        true
     }
 }
 
@@ -314,8 +344,16 @@ impl NativeConsumer {
     /// Throws `InvalidArg` errors for bad arguments (`index.js` checks the types first,
     /// the client every value).
     #[napi(constructor)]
-    pub fn new(endpoint: String, app: String, streams: Vec<String>, options: Option<NativeOptions>) -> Result<Self> {
+    pub fn new(
+        endpoint: String,
+        app: String,
+        streams: Vec<String>,
+        options: Option<NativeOptions>,
+        on_failure: Option<failure::JsDeadLetter>,
+    ) -> Result<Self> {
         let mut raw = options.map(NativeOptions::into_raw).unwrap_or_default();
+        raw.on_failure_callback =
+            on_failure.map(|tsfn| kb::DeadLetterCallback(Arc::new(failure::NodeDeadLetter { tsfn: Arc::new(tsfn) })));
         raw.client_name.get_or_insert_with(|| format!("node-{}", std::process::id()));
         let options = raw.into_options(kb::Spelling::Camel).map_err(construction_error)?;
         let inner = kb::Consumer::new(endpoint, app, streams, options).map_err(construction_error)?;
@@ -335,6 +373,12 @@ impl NativeConsumer {
     #[napi]
     pub fn stop(&self) {
         self.inner.stop();
+    }
+
+    /// Counters and per-shard lag now.
+    #[napi]
+    pub fn stats(&self) -> failure::StatsInfo {
+        self.inner.stats().into()
     }
 
     #[napi(getter)]

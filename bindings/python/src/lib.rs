@@ -23,6 +23,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod attach;
 mod errors;
+mod failure;
 mod handler;
 mod logging;
 mod options;
@@ -92,6 +93,7 @@ impl PyConsumer {
         handler_retries=None, retry_initial_delay=None, retry_max_delay=None, on_failure=None,
         handler_timeout=None, reconnect_initial_delay=None, reconnect_max_delay=None,
         max_reconnect_attempts=None, max_initial_connect_attempts=None, request_timeout=None, shutdown_timeout=None,
+        max_attempts=None, max_record_age=None, bisect_on_error=None, parallelization_factor=None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new<'py>(
@@ -115,7 +117,7 @@ impl PyConsumer {
         handler_retries: Option<Bound<'py, PyAny>>,
         retry_initial_delay: Option<Bound<'py, PyAny>>,
         retry_max_delay: Option<Bound<'py, PyAny>>,
-        on_failure: Option<String>,
+        on_failure: Option<Bound<'py, PyAny>>,
         handler_timeout: Option<Bound<'py, PyAny>>,
         reconnect_initial_delay: Option<Bound<'py, PyAny>>,
         reconnect_max_delay: Option<Bound<'py, PyAny>>,
@@ -123,6 +125,10 @@ impl PyConsumer {
         max_initial_connect_attempts: Option<Bound<'py, PyAny>>,
         request_timeout: Option<Bound<'py, PyAny>>,
         shutdown_timeout: Option<Bound<'py, PyAny>>,
+        max_attempts: Option<Bound<'py, PyAny>>,
+        max_record_age: Option<Bound<'py, PyAny>>,
+        bisect_on_error: Option<bool>,
+        parallelization_factor: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Self> {
         let streams = stream_names(streams)?;
         let options = Kwargs {
@@ -150,6 +156,10 @@ impl PyConsumer {
             max_initial_connect_attempts,
             request_timeout,
             shutdown_timeout,
+            max_attempts,
+            max_record_age,
+            bisect_on_error,
+            parallelization_factor,
         }
         .into_options(py)?;
         let inner = kb::Consumer::new(endpoint.clone(), app.clone(), streams.clone(), options)
@@ -179,6 +189,12 @@ impl PyConsumer {
     #[getter]
     fn stopped(&self) -> bool {
         self.inner.is_stopped()
+    }
+
+    /// The counters (since this consumer was made) and the lag of the shards it holds
+    /// now, as a dict; see the stubs for its keys.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        failure::stats_dict(py, self.inner.stats())
     }
 
     /// Stops the consumer gracefully: no new batches are taken, batches in hand finish and

@@ -27,7 +27,11 @@ pub(crate) struct Kwargs<'py> {
     pub handler_retries: Option<Bound<'py, PyAny>>,
     pub retry_initial_delay: Option<Bound<'py, PyAny>>,
     pub retry_max_delay: Option<Bound<'py, PyAny>>,
-    pub on_failure: Option<String>,
+    pub on_failure: Option<Bound<'py, PyAny>>,
+    pub max_attempts: Option<Bound<'py, PyAny>>,
+    pub max_record_age: Option<Bound<'py, PyAny>>,
+    pub bisect_on_error: Option<bool>,
+    pub parallelization_factor: Option<Bound<'py, PyAny>>,
     pub handler_timeout: Option<Bound<'py, PyAny>>,
     pub reconnect_initial_delay: Option<Bound<'py, PyAny>>,
     pub reconnect_max_delay: Option<Bound<'py, PyAny>>,
@@ -69,7 +73,16 @@ impl<'py> Kwargs<'py> {
             handler_retries: int("handler_retries", &self.handler_retries)?,
             retry_initial_delay: secs("retry_initial_delay", &self.retry_initial_delay)?,
             retry_max_delay: secs("retry_max_delay", &self.retry_max_delay)?,
-            on_failure: self.on_failure,
+            on_failure: on_failure_name(self.on_failure.as_ref())?,
+            on_failure_callback: self
+                .on_failure
+                .as_ref()
+                .filter(|v| v.is_callable())
+                .map(|v| crate::failure::PyDeadLetter::callback(v.clone().unbind())),
+            max_attempts: int("max_attempts", &self.max_attempts)?,
+            max_record_age: secs("max_record_age", &self.max_record_age)?,
+            bisect_on_error: self.bisect_on_error,
+            parallelization_factor: int("parallelization_factor", &self.parallelization_factor)?,
             handler_timeout: secs("handler_timeout", &self.handler_timeout)?,
             reconnect_initial_delay: secs("reconnect_initial_delay", &self.reconnect_initial_delay)?,
             reconnect_max_delay: secs("reconnect_max_delay", &self.reconnect_max_delay)?,
@@ -79,6 +92,22 @@ impl<'py> Kwargs<'py> {
             shutdown_timeout: secs("shutdown_timeout", &self.shutdown_timeout)?,
         };
         raw.into_options(kb::Spelling::Snake).map_err(|e| invalid_argument_error(py, e))
+    }
+}
+
+/// `on_failure` by name (`"stop"`, `"skip"`, `"kinesis:STREAM"`, `"file:PATH"`); a
+/// callable is the callback instead.
+fn on_failure_name(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<String>> {
+    match value {
+        None => Ok(None),
+        Some(v) if v.is_callable() => Ok(None),
+        Some(v) => match v.cast::<PyString>() {
+            Ok(text) => Ok(Some(text.to_cow()?.into_owned())),
+            Err(_) => Err(PyTypeError::new_err(format!(
+                "on_failure must be \"stop\", \"skip\", \"kinesis:STREAM\", \"file:PATH\" or a callable, not {}",
+                type_name(v)
+            ))),
+        },
     }
 }
 

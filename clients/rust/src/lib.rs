@@ -54,10 +54,20 @@
 //!   never on its own (manual: [`Batch::checkpointer`]). Checkpoints carry the lease
 //!   epoch, so a consumer that lost a shard can never move its checkpoint.
 //! - **Failures.** A handler error, panic or timeout is retried with backoff
-//!   ([`ConsumerOptions::handler_retries`]); the checkpoint does not move until the batch
-//!   succeeds. When the retries run out, [`FailurePolicy::Stop`] (default) stops the
-//!   consumer gracefully and `run` returns [`ErrorKind::Handler`];
-//!   [`FailurePolicy::Skip`] logs the batch and goes on.
+//!   ([`ConsumerOptions::max_attempts`], [`ConsumerOptions::handler_retries`]); the
+//!   checkpoint does not move past a record until it was handled or given up. A handler
+//!   may name the first failed record ([`HandlerError::at`]): the records before it are
+//!   done, the checkpoint moves right before it and the retry starts at it (a manual
+//!   checkpoint inside the call shrinks the retry too); [`ConsumerOptions::bisect_on_error`]
+//!   splits a failing batch to find the record otherwise. When the attempts run out,
+//!   [`FailurePolicy::Stop`] (default) stops the consumer gracefully and `run` returns
+//!   [`ErrorKind::Handler`]; [`FailurePolicy::Skip`] logs and goes on;
+//!   [`FailurePolicy::DeadLetter`] sends each record to a [`DeadLetterTarget`] and goes
+//!   on only once it accepted them. A timed-out call is cancelled
+//!   ([`Batch::cancelled`]); a [`Handler::keeps_running_when_dropped`] call is awaited
+//!   first, so one shard never has two calls at once. [`Consumer::stats`] counts it all.
+//! - **Lanes.** [`ConsumerOptions::parallelization_factor`] splits a shard's records by
+//!   partition key into up to 10 lanes handled concurrently, each key in order.
 //! - **Revoke.** On `ShardRevoked{REBALANCE|SHUTDOWN}` the worker finishes the batch in
 //!   hand, drops its queued batches, checkpoints what was handled and releases the shard
 //!   (`Checkpoint{release: true}`); the next owner starts right after that checkpoint, so

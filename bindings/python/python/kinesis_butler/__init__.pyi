@@ -12,6 +12,7 @@ from ._errors import HandlerError as HandlerError
 from ._errors import InvalidArgumentError as InvalidArgumentError
 from ._errors import LeaseLostError as LeaseLostError
 from ._errors import NotFoundError as NotFoundError
+from ._errors import RecordFailed as RecordFailed
 from ._errors import ServerError as ServerError
 from ._errors import StoppedError as StoppedError
 from ._errors import UnauthenticatedError as UnauthenticatedError
@@ -37,6 +38,7 @@ __all__ = [
     "InvalidArgumentError",
     "LeaseLostError",
     "NotFoundError",
+    "RecordFailed",
     "ServerError",
     "StoppedError",
     "UnauthenticatedError",

@@ -14,6 +14,7 @@ __all__ = [
     "UnauthenticatedError",
     "StoppedError",
     "ServerError",
+    "RecordFailed",
 ]
 
 
@@ -81,3 +82,19 @@ class ServerError(ButlerError):
 
     kind = "server"
     code: str = ""
+
+
+class RecordFailed(ButlerError):
+    """Raise (or return) this from a handler to say which record failed first: the
+    records before it count as handled, the checkpoint moves right before it, and the
+    retry starts at it (``max_attempts``, then ``on_failure``). ``__cause__`` / ``cause``
+    is the original error."""
+
+    kind = "record_failed"
+
+    def __init__(self, record, cause=None):
+        super().__init__(f"record {getattr(record, 'sequence_number', '?')} failed: {cause!r}")
+        self.record = record
+        self.cause = cause
+        if isinstance(cause, BaseException):
+            self.__cause__ = cause

@@ -1,7 +1,7 @@
 """Type stubs of kinesis_butler._native (implemented in Rust; use the package)."""
 
 import datetime
-from typing import Any, Awaitable, Iterable, Iterator, List, Literal, Optional, Union, final
+from typing import Any, Awaitable, Callable, Dict, Iterable, Iterator, List, Literal, Optional, TypedDict, Union, final
 
 from typing_extensions import Self, disjoint_base
 
@@ -9,6 +9,33 @@ __all__ = ["Batch", "Consumer", "Record", "quiesce"]
 
 #: Seconds, or a timedelta.
 _Duration = Union[float, int, datetime.timedelta]
+
+class ShardStats(TypedDict):
+    stream: str
+    shard_id: str
+    lease_epoch: int
+    millis_behind_latest: int
+    records_handled: int
+
+class Stats(TypedDict):
+    """``Consumer.stats()``: counters since the consumer was made, and its shards now."""
+
+    records_handled: int
+    batches_handled: int
+    checkpoints: int
+    retries: int
+    reconnects: int
+    dead_lettered: int
+    skipped: int
+    bisect_steps: int
+    handler_timeouts: int
+    shards: List[ShardStats]
+
+#: ``on_failure`` as a callback: takes the given-up entries (dicts with app, stream,
+#: shard_id, sequence_number, sub_sequence_number, partition_key, attempts, error,
+#: reason, approximate_arrival_timestamp_ms, data), on a worker thread; returning means
+#: accepted, raising makes the shard wait and call again.
+_DeadLetterCallback = Callable[[List[Dict[str, Any]]], Any]
 
 @final
 class Record:
@@ -81,8 +108,14 @@ class Consumer:
       Whatever the policy, handled progress is checkpointed when a shard moves and on stop.
     - ``max_concurrent_handlers`` (64), ``shard_queue_batches`` (4).
     - ``handler_retries`` (3), ``retry_initial_delay`` (0.1 s), ``retry_max_delay`` (5 s),
-      ``on_failure``: ``"stop"`` (default: ``run`` raises ``HandlerError``) or ``"skip"``.
-    - ``handler_timeout``: a call taking longer fails (and is retried); default none.
+      ``on_failure``: ``"stop"`` (default: ``run`` raises ``HandlerError``), ``"skip"``,
+      a dead-letter destination ``"kinesis:STREAM"`` / ``"file:PATH"`` (JSON lines) or a
+      callable (see ``_DeadLetterCallback``); ``max_attempts`` (default
+      ``handler_retries + 1``), ``max_record_age``, ``bisect_on_error``; raise (or
+      return) ``RecordFailed(record, cause)`` to name the first failed record.
+    - ``parallelization_factor``: 1..10 lanes per shard by partition key (default 1).
+    - ``handler_timeout``: a call taking longer is cancelled (an ``async def``'s task is
+      cancelled; a plain function is awaited, with a warning) and retried; default none.
     - ``reconnect_initial_delay`` (0.2 s), ``reconnect_max_delay`` (10 s),
       ``max_reconnect_attempts``: consecutive failed connections before ``run`` raises
       ``ConnectionError`` (default: retry forever); ``max_initial_connect_attempts`` (6):
@@ -116,7 +149,7 @@ class Consumer:
         handler_retries: Optional[int] = None,
         retry_initial_delay: Optional[_Duration] = None,
         retry_max_delay: Optional[_Duration] = None,
-        on_failure: Optional[Literal["stop", "skip"]] = None,
+        on_failure: Union[str, _DeadLetterCallback, None] = None,
         handler_timeout: Optional[_Duration] = None,
         reconnect_initial_delay: Optional[_Duration] = None,
         reconnect_max_delay: Optional[_Duration] = None,
@@ -124,7 +157,13 @@ class Consumer:
         max_initial_connect_attempts: Optional[int] = None,
         request_timeout: Optional[_Duration] = None,
         shutdown_timeout: Optional[_Duration] = None,
+        max_attempts: Optional[int] = None,
+        max_record_age: Optional[_Duration] = None,
+        bisect_on_error: Optional[bool] = None,
+        parallelization_factor: Optional[int] = None,
     ) -> Self: ...
+    def stats(self) -> Stats:
+        """Counters and per-shard lag now."""
     @property
     def endpoint(self) -> str: ...
     @property
