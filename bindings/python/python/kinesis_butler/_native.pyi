@@ -10,14 +10,14 @@ __all__ = ["Batch", "Consumer", "Record", "quiesce"]
 #: Seconds, or a timedelta.
 _Duration = Union[float, int, datetime.timedelta]
 
-class ShardStats(TypedDict):
+class _ShardStats(TypedDict):
     stream: str
     shard_id: str
     lease_epoch: int
     millis_behind_latest: int
     records_handled: int
 
-class Stats(TypedDict):
+class _Stats(TypedDict):
     """``Consumer.stats()``: counters since the consumer was made, and its shards now."""
 
     records_handled: int
@@ -29,7 +29,7 @@ class Stats(TypedDict):
     skipped: int
     bisect_steps: int
     handler_timeouts: int
-    shards: List[ShardStats]
+    shards: List[_ShardStats]
 
 #: ``on_failure`` as a callback: takes the given-up entries (dicts with app, stream,
 #: shard_id, sequence_number, sub_sequence_number, partition_key, attempts, error,
@@ -162,7 +162,7 @@ class Consumer:
         bisect_on_error: Optional[bool] = None,
         parallelization_factor: Optional[int] = None,
     ) -> Self: ...
-    def stats(self) -> Stats:
+    def stats(self) -> _Stats:
         """Counters and per-shard lag now."""
     @property
     def endpoint(self) -> str: ...
