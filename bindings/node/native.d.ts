@@ -16,6 +16,11 @@ export declare class NativeBatch {
   get leaseEpoch(): number
   get millisBehindLatest(): number
   get attempt(): number
+  /**
+   * Resolves `true` when the client gives up on this call (handler timeout, shutdown
+   * deadline: `index.js` aborts the batch's `AbortSignal`), `false` once it returned.
+   */
+  cancelled(): Promise<boolean>
   /** The records, in sequence order, as columns (see [`PackedRecords`]). */
   packedRecords(): PackedRecords
   /**
@@ -31,7 +36,7 @@ export declare class NativeConsumer {
    * Throws `InvalidArg` errors for bad arguments (`index.js` checks the types first,
    * the client every value).
    */
-  constructor(endpoint: string, app: string, streams: Array<string>, options?: NativeOptions | undefined | null)
+  constructor(endpoint: string, app: string, streams: Array<string>, options?: NativeOptions | undefined | null, onFailure?: JsDeadLetter | undefined | null)
   /**
    * Runs `handler` until the consumer stops; resolves `null`, or the error that
    * stopped it.
@@ -42,7 +47,35 @@ export declare class NativeConsumer {
    * closes so that its shards move at once.
    */
   stop(): void
+  /** Counters and per-shard lag now. */
+  stats(): StatsInfo
   get stopped(): boolean
+}
+
+/**
+ * What `index.js` resolves a failed call to: the error text, and the failed record
+ * when the handler named one (`error.record`, or resolved `{ failedRecord }`).
+ */
+export interface CallFailure {
+  message: string
+  failedSequenceNumber?: string
+  failedSubSequenceNumber?: number
+}
+
+/** One given-up record, as the `onFailure` function receives it. */
+export interface DeadLetterInfo {
+  app: string
+  stream: string
+  shardId: string
+  sequenceNumber: string
+  subSequenceNumber: number
+  partitionKey: string
+  attempts: number
+  error: string
+  /** `handler_failed` or `too_old`. */
+  reason: string
+  approximateArrivalTimestampMs: number
+  data: Buffer
 }
 
 /** An error of the client, as `index.js` receives it (it throws the matching class). */
@@ -92,8 +125,12 @@ export interface NativeOptions {
   handlerRetries?: number
   retryInitialDelayMs?: number
   retryMaxDelayMs?: number
-  /** `stop` or `skip`. */
-  onFailure?: 'stop' | 'skip'
+  /** `stop`, `skip`, `kinesis:STREAM` or `file:PATH` (a function goes separately). */
+  onFailure?: string
+  maxAttempts?: number
+  maxRecordAgeMs?: number
+  bisectOnError?: boolean
+  parallelizationFactor?: number
   handlerTimeoutMs?: number
   reconnectInitialDelayMs?: number
   reconnectMaxDelayMs?: number
@@ -127,6 +164,29 @@ export interface PackedRecords {
 
 /** Sets the function receiving the client's log events (`null`: none). */
 export declare function setLogger(logger: ((event: LogEvent) => void) | null): void
+
+/** One shard held by the consumer. */
+export interface ShardStatsInfo {
+  stream: string
+  shardId: string
+  leaseEpoch: number
+  millisBehindLatest: number
+  recordsHandled: number
+}
+
+/** `consumer.stats()`: counters since the consumer was made, and its shards now. */
+export interface StatsInfo {
+  recordsHandled: number
+  batchesHandled: number
+  checkpoints: number
+  retries: number
+  reconnects: number
+  deadLettered: number
+  skipped: number
+  bisectSteps: number
+  handlerTimeouts: number
+  shards: Array<ShardStatsInfo>
+}
 
 /** TLS settings for an `https://` endpoint (PEM text). */
 export interface TlsOptions {

@@ -343,7 +343,10 @@ pub struct NativeConsumer {
 impl NativeConsumer {
     /// Throws `InvalidArg` errors for bad arguments (`index.js` checks the types first,
     /// the client every value).
-    #[napi(constructor)]
+    #[napi(
+        constructor,
+        ts_args_type = "endpoint: string, app: string, streams: Array<string>, options?: NativeOptions | undefined | null, onFailure?: ((entries: Array<DeadLetterInfo>) => Promise<string | undefined | null>) | undefined | null"
+    )]
     pub fn new(
         endpoint: String,
         app: String,

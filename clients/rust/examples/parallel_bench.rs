@@ -8,7 +8,6 @@
 //! factor 1.
 
 #[path = "../tests/support/butler.rs"]
-#[allow(dead_code)]
 mod butler;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

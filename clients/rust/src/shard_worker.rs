@@ -286,6 +286,7 @@ impl ShardWorker {
         let mut millis_behind = 0;
         let mut ending: Option<Exit> = None;
         let mut control_open = true;
+        let mut checkpoint_wanted = false;
         loop {
             if ending.is_none() {
                 for lane in 0..factor {
@@ -298,6 +299,12 @@ impl ShardWorker {
                     let mut lane_control = control.clone();
                     running
                         .push(async move { (lane, attempts.run(part, millis_behind, &mut lane_control, done).await) });
+                }
+            }
+            // Checkpoint once the idle lanes are busy again (they run meanwhile).
+            if std::mem::take(&mut checkpoint_wanted) {
+                if let Some(exit) = checkpoint_due(lease, options).await {
+                    ending.get_or_insert(exit);
                 }
             }
             if running.is_empty() {
@@ -322,11 +329,7 @@ impl ShardWorker {
                 Some((lane, outcome)) = running.next(), if !running.is_empty() => {
                     busy[lane] = false;
                     match outcome {
-                        Outcome::Done => {
-                            if let Some(exit) = checkpoint_due(lease, options).await {
-                                ending.get_or_insert(exit);
-                            }
-                        }
+                        Outcome::Done => checkpoint_wanted = true,
                         Outcome::Interrupted(reason) => {
                             ending.get_or_insert((reason, None));
                         }
