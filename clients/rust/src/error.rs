@@ -137,16 +137,15 @@ impl Error {
 
     /// The gRPC status code name behind this error (`"UNAVAILABLE"`, `"NOT_FOUND"`…),
     /// when a status is behind it: for [`Error::Server`] its code; for the kinds that map
-    /// one code, that code. `None` for [`Error::Connection`] (many causes),
-    /// [`Error::Handler`] and [`Error::Stopped`].
+    /// one code, that code. `None` for [`Error::Connection`] and [`Error::LeaseLost`]
+    /// (several causes), [`Error::Handler`] and [`Error::Stopped`].
     pub fn grpc_code(&self) -> Option<&'static str> {
         Some(match self {
             Error::Server { code, .. } => code_name(*code),
             Error::InvalidArgument(_) => "INVALID_ARGUMENT",
             Error::NotFound(_) => "NOT_FOUND",
             Error::Unauthenticated(_) => "UNAUTHENTICATED",
-            Error::LeaseLost { .. } => "FAILED_PRECONDITION",
-            Error::Connection { .. } | Error::Handler { .. } | Error::Stopped => return None,
+            Error::Connection { .. } | Error::LeaseLost { .. } | Error::Handler { .. } | Error::Stopped => return None,
         })
     }
 
