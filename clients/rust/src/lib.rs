@@ -126,6 +126,7 @@
 mod checkpointer;
 mod connection;
 mod consumer;
+mod defaults;
 mod error;
 mod handler;
 mod log_forward;
@@ -144,9 +145,10 @@ mod test_support;
 pub use bytes::Bytes;
 pub use checkpointer::Checkpointer;
 pub use consumer::Consumer;
+pub use defaults::{endpoint_or_env, resolve_pem, token_or_env, PemSource, ENDPOINT_ENV, TOKEN_ENV};
 pub use error::{Error, ErrorKind, HandlerError};
 pub use handler::{Batch, Handler, Record, ShardInfo, StopReason};
-pub use log_forward::forward_logs;
+pub use log_forward::{forward_log_events, forward_logs, set_log_level, LogEvent};
 pub use options::{
     BackoffSettings, CheckpointPolicy, ConsumerOptions, FailurePolicy, RawOptions, StartPosition, TlsOptions,
     UnknownValue,

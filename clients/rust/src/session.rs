@@ -270,6 +270,7 @@ impl Router<'_> {
             handler_slots: self.shared.handler_slots.clone(),
             shard_lock: self.shared.shard_lock(&key),
             reporter: ExitReporter::new(self.exits.clone(), shard.clone()),
+            stop_hook_due: false,
         };
         let span = info_span!("shard", stream = %shard.stream, shard = %shard.shard_id, epoch = shard.lease_epoch);
         workers.spawn(worker.run().instrument(span));
