@@ -31,6 +31,7 @@ fi
 step "type-checking the TypeScript definitions (tsc)"
 (cd "$here" && npx tsc -p types-test)
 
+# No prebuilt addon: the install step must build it, as on a fresh machine.
 step "npm install $here into a fresh project (builds the addon: $profile)"
 rm -f "$here"/*.node
 scratch=$(mktemp -d)
