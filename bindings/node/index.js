@@ -401,7 +401,13 @@ class Consumer extends EventEmitter {
    * (default true: SIGINT and SIGTERM stop gracefully while running; a second one
    * gives up at once).
    */
-  async run(handler, options = {}) {
+  run(handler, options = {}) {
+    const running = this.#run(handler, options)
+    this.#running = running
+    return running
+  }
+
+  async #run(handler, options) {
     const { handle, target } = handlerParts(handler)
     if (options === null || typeof options !== 'object') {
       throw new TypeError(`run options must be an object, not ${typeOf(options)}`)
@@ -460,11 +466,9 @@ class Consumer extends EventEmitter {
         cleanup.push(() => process.removeListener(name, onSignal))
       }
     }
-    const running = this.#native.run(call, hooks)
-    this.#running = running
     let error
     try {
-      error = await running
+      error = await this.#native.run(call, hooks)
     } finally {
       for (const undo of cleanup) undo()
     }
