@@ -8,7 +8,8 @@
 #   KB_PROFILE=release bindings/python/test.sh
 #
 # Env: CARGO_TARGET_DIR (build outputs), KB_SKIP_SERVER_BUILD=1 (use the built server),
-# KB_VENV (the virtualenv, recreated; default: a temporary one), PYTEST_ARGS.
+# PYTEST_ARGS. The virtualenv is a new temporary one each time (never KB_VENV: that one
+# holds the repository's other test tools).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -20,13 +21,8 @@ cd "$root"
 step() { printf '== python: %s\n' "$*"; }
 now() { date +%s; }
 
-if [ -n "${KB_VENV:-}" ]; then
-  venv="$KB_VENV"
-  rm -rf "$venv"
-else
-  venv=$(mktemp -d)/venv
-  trap 'rm -rf "$(dirname "$venv")"' EXIT
-fi
+venv=$(mktemp -d)/venv
+trap 'rm -rf "$(dirname "$venv")"' EXIT
 step "creating a fresh virtualenv $venv"
 python3 -m venv "$venv"
 step "installing pytest, mypy"
