@@ -10,7 +10,7 @@ use std::sync::Arc;
 use futures::future::join_all;
 use kinesis_butler::seqnum::SequenceNumber;
 use kinesis_butler::store::{
-    self, Checkpoint, GroupKey, Lease, LeaseStore, LeaseWrite, Leases, SessionRecord, ShardInfo, StoreError, Versioned,
+    self, Checkpoint, GroupKey, Lease, LeaseWrite, Leases, SessionRecord, ShardInfo, StoreError, Versioned,
 };
 use store_common::{cluster_url, run, Backend, Cleanup, OPEN_TIMEOUT, TEST_TIMEOUT};
 

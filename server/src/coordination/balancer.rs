@@ -284,18 +284,18 @@ mod tests {
         let ids: Vec<_> = readable_shards(&leases).iter().map(|l| l.shard_id.clone()).collect();
         assert_eq!(ids, vec!["shard-0001", "shard-0002"]);
     }
-}
 
-#[test]
-fn instances_start_at_their_share_of_the_free_leases() {
-    let leases: Vec<Lease> = (0..9).map(|i| lease(i, None)).collect();
-    let all = sessions(&["a", "b", "c"]);
-    let first = |start| plan_from(&leases, &all, &["b".into()], start).acquire[0].0.clone();
-    assert_eq!(first((0, 3)), "shard-0000");
-    assert_eq!(first((1, 3)), "shard-0003");
-    assert_eq!(first((2, 3)), "shard-0006");
-    let p = plan_from(&leases, &all, &["c".into()], (2, 3));
-    let ids: Vec<&str> = p.acquire.iter().map(|a| a.0.as_str()).collect();
-    assert_eq!(ids, ["shard-0006", "shard-0007", "shard-0008"], "its upper share, from its place");
-    assert_eq!(plan_from(&leases, &all, &["c".into()], (7, 0)).acquire.len(), 3, "a bad fraction is harmless");
+    #[test]
+    fn instances_start_at_their_share_of_the_free_leases() {
+        let leases: Vec<Lease> = (0..9).map(|i| lease(i, None)).collect();
+        let all = sessions(&["a", "b", "c"]);
+        let first = |start| plan_from(&leases, &all, &["b".into()], start).acquire[0].0.clone();
+        assert_eq!(first((0, 3)), "shard-0000");
+        assert_eq!(first((1, 3)), "shard-0003");
+        assert_eq!(first((2, 3)), "shard-0006");
+        let p = plan_from(&leases, &all, &["c".into()], (2, 3));
+        let ids: Vec<&str> = p.acquire.iter().map(|a| a.0.as_str()).collect();
+        assert_eq!(ids, ["shard-0006", "shard-0007", "shard-0008"], "its upper share, from its place");
+        assert_eq!(plan_from(&leases, &all, &["c".into()], (7, 0)).acquire.len(), 3, "a bad fraction is harmless");
+    }
 }
