@@ -22,7 +22,7 @@ rm -rf "$target/wheels/bench"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$target"/wheels/bench/*.whl
 
 echo "== Node package (release addon)"
-(cd bindings/node && npm ci --no-audit --no-fund --loglevel=error && npx napi build --platform --release --js native.js --dts native.d.ts)
+(cd bindings/node && npm ci --no-audit --no-fund --loglevel=error --ignore-scripts && npx napi build --platform --release --js native.js --dts native.d.ts)
 
 echo "== benchmarks"
 "$target/release/bench" --bin-dir "$target/release" --python "$venv/bin/python" "$@"

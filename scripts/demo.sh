@@ -30,7 +30,7 @@ case "$processor" in
   node)
     if ! ls bindings/node/*.node >/dev/null 2>&1; then
       echo "== building the Node addon (napi)"
-      (cd bindings/node && npm ci --no-audit --no-fund --loglevel=error && npx napi build --platform --js native.js --dts native.d.ts)
+      (cd bindings/node && npm ci --no-audit --no-fund --loglevel=error --ignore-scripts && npx napi build --platform --js native.js --dts native.d.ts)
     fi
     (cd examples/node && npm install --no-audit --no-fund --loglevel=error) ;;
   rust) ;;

@@ -1,6 +1,8 @@
 //! A benchmark-only Kinesis-compatible HTTP source: `ListShards`, `GetShardIterator` and
-//! `GetRecords` (awsJson1.1) over pre-generated records held in memory, so that the
-//! reader on the other side is the limit, not the source.
+//! `GetRecords` (awsJson1.1) over the server's own in-memory source model
+//! ([`MemorySource`], the one the server's `--memory-source` and its unit tests use), with
+//! every record serialized once up front, so that the reader on the other side is the
+//! limit, not the source.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +12,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use kinesis_butler::retrieval::kinesis::IteratorStart;
+use kinesis_butler::retrieval::memory::MemorySource;
+use kinesis_butler::retrieval::source::ShardSource;
 use serde_json::{json, Value};
 
 /// The records of one shard, each pre-serialized as its JSON object.
@@ -21,35 +26,47 @@ struct Shard {
 /// The source's data: `shards` × `records_per_shard` records of `record_size` bytes.
 pub struct FakeStream {
     name: String,
+    model: Arc<MemorySource>,
     shards: Vec<Shard>,
     arrival_secs: f64,
 }
 
 impl FakeStream {
-    /// Pre-generates every record. Sequence numbers are 56-digit decimals, increasing.
-    pub fn new(name: &str, shards: usize, records_per_shard: usize, record_size: usize) -> Self {
-        let arrival_secs =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
-        let shards = (0..shards)
-            .map(|s| {
-                let records = (0..records_per_shard)
-                    .map(|i| {
-                        let mut data = format!("shard-{s}-record-{i:010}-").into_bytes();
-                        data.resize(record_size.max(data.len()), b'x');
-                        let seq = format!("4959{s:04}{i:048}");
+    /// Generates the stream in a [`MemorySource`] and serializes every record once.
+    pub async fn new(name: &str, shards: usize, records_per_shard: usize, record_size: usize) -> anyhow::Result<Self> {
+        let model = MemorySource::new();
+        model.create_generated(name, shards, records_per_shard, record_size);
+        let mut arrival_secs = 0.0;
+        let mut out = Vec::new();
+        for shard in model.list_shards(name).await? {
+            let mut records = Vec::with_capacity(records_per_shard);
+            let mut it = model.shard_iterator(name, &shard.shard_id, &IteratorStart::TrimHorizon).await?;
+            loop {
+                let page = model.get_records(&it, 10_000).await?;
+                if page.records.is_empty() {
+                    break;
+                }
+                for r in &page.records {
+                    let at = r.approximate_arrival_timestamp().map_or(0.0, |t| t.as_secs_f64());
+                    arrival_secs = at;
+                    records.push(
                         json!({
-                            "SequenceNumber": seq,
-                            "ApproximateArrivalTimestamp": arrival_secs,
-                            "Data": base64::engine::general_purpose::STANDARD.encode(&data),
-                            "PartitionKey": format!("pk-{i}"),
+                            "SequenceNumber": r.sequence_number(),
+                            "ApproximateArrivalTimestamp": at,
+                            "Data": base64::engine::general_purpose::STANDARD.encode(r.data().as_ref()),
+                            "PartitionKey": r.partition_key(),
                         })
-                        .to_string()
-                    })
-                    .collect();
-                Shard { id: format!("shardId-{s:012}"), records }
-            })
-            .collect();
-        Self { name: name.to_owned(), shards, arrival_secs }
+                        .to_string(),
+                    );
+                }
+                match page.next_iterator {
+                    Some(next) => it = next,
+                    None => break,
+                }
+            }
+            out.push(Shard { id: shard.shard_id, records });
+        }
+        Ok(Self { name: name.to_owned(), model, shards: out, arrival_secs })
     }
 
     /// Total records.
@@ -62,8 +79,8 @@ impl FakeStream {
         self.len() == 0
     }
 
-    fn shard(&self, id: &str) -> Option<(usize, &Shard)> {
-        self.shards.iter().enumerate().find(|(_, s)| s.id == id)
+    fn shard(&self, id: &str) -> Option<&Shard> {
+        self.shards.iter().find(|s| s.id == id)
     }
 }
 
@@ -104,28 +121,25 @@ async fn handle(State(stream): State<Arc<FakeStream>>, headers: HeaderMap, body:
         .to_string()),
         "GetShardIterator" => {
             let shard_id = req["ShardId"].as_str().unwrap_or("");
-            let Some((index, shard)) = stream.shard(shard_id) else {
-                return error("ResourceNotFoundException", "no such shard");
+            let sequence = || req["StartingSequenceNumber"].as_str().unwrap_or("").to_owned();
+            let start = match req["ShardIteratorType"].as_str() {
+                Some("LATEST") => IteratorStart::Latest,
+                Some("AFTER_SEQUENCE_NUMBER") => IteratorStart::AfterSequence(sequence()),
+                Some("AT_SEQUENCE_NUMBER") => IteratorStart::AtSequence(sequence()),
+                _ => IteratorStart::TrimHorizon,
             };
-            let pos = match req["ShardIteratorType"].as_str() {
-                Some("LATEST") => shard.records.len(),
-                Some("AFTER_SEQUENCE_NUMBER") | Some("AT_SEQUENCE_NUMBER") => {
-                    let seq = req["StartingSequenceNumber"].as_str().unwrap_or("");
-                    let i: usize = seq.get(8..).and_then(|t| t.parse().ok()).unwrap_or(0);
-                    if req["ShardIteratorType"] == "AFTER_SEQUENCE_NUMBER" { i + 1 } else { i }
-                }
-                _ => 0,
-            };
-            ok(json!({ "ShardIterator": format!("{index}:{pos}") }).to_string())
+            match stream.model.shard_iterator(&stream.name, shard_id, &start).await {
+                Ok(it) => ok(json!({ "ShardIterator": it }).to_string()),
+                Err(e) => error("ResourceNotFoundException", &e.to_string()),
+            }
         }
         "GetRecords" => {
             let it = req["ShardIterator"].as_str().unwrap_or("");
             let limit = req["Limit"].as_u64().unwrap_or(10_000).min(10_000) as usize;
-            let Some((index, pos)) = it.split_once(':').and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
-            else {
+            let Some((_, shard_id, pos)) = MemorySource::iterator_position(it) else {
                 return error("InvalidArgumentException", "bad iterator");
             };
-            let Some(shard) = stream.shards.get(index) else {
+            let Some(shard) = stream.shard(shard_id) else {
                 return error("InvalidArgumentException", "bad iterator");
             };
             let end = (pos + limit).min(shard.records.len());
@@ -139,7 +153,10 @@ async fn handle(State(stream): State<Arc<FakeStream>>, headers: HeaderMap, body:
                 body.push_str(r);
             }
             let behind = if end < shard.records.len() { 1000 } else { 0 };
-            body.push_str(&format!("],\"NextShardIterator\":\"{index}:{end}\",\"MillisBehindLatest\":{behind}}}"));
+            body.push_str(&format!(
+                "],\"NextShardIterator\":\"{}/{shard_id}/{end}\",\"MillisBehindLatest\":{behind}}}",
+                stream.name
+            ));
             ok(body)
         }
         _ => error("UnknownOperationException", &format!("unsupported operation {target:?}")),

@@ -1,3 +1,5 @@
 //! Benchmark support for Kinesis Butler.
 
 pub mod fake_kinesis;
+pub mod process;
+pub mod scale;

@@ -1,17 +1,46 @@
 // Type definitions of kinesis-butler. The native types (./native.d.ts) are generated
 // by napi-rs from the Rust sources; this file describes the JavaScript layer over them.
+import type { EventEmitter } from 'node:events'
 import type { LogEvent, NativeBatch, TlsOptions } from './native'
 
 export type { LogEvent, TlsOptions }
 
+export type LogLevel = 'error' | 'warn' | 'info' | 'debug'
+
+/** A console-, pino- or winston-like logger object. */
+export interface LoggerObject {
+  error(...args: any[]): unknown
+  warn(...args: any[]): unknown
+  info(...args: any[]): unknown
+  debug?(...args: any[]): unknown
+  /** pino's level name: used as the forwarded level unless `options.level` is given. */
+  level?: string
+}
+
 /**
- * Sets the function receiving the client's log events, or null for none. By default
- * warnings and errors are printed to stderr (KINESIS_BUTLER_LOG=info|warn|off).
+ * Sets where the client's log events go: a function receiving `{ level, message, fields }`,
+ * a logger object (`console` gets `(message, fields)`, others `(fields, message)` as
+ * pino takes them), or null for none. `options.level` is the most detailed level
+ * forwarded (default: the object's `level`, else 'info'). By default warnings and
+ * errors are printed to stderr (KINESIS_BUTLER_LOG=debug|info|warn|off).
  */
-export declare function setLogger(logger: ((event: LogEvent) => void) | null): void
+export declare function setLogger(logger: ((event: LogEvent) => void) | LoggerObject | null, options?: { level?: LogLevel }): void
 
 /** One Kinesis record. */
-export interface Record {
+export declare class Record {
+  constructor(
+    data: Buffer,
+    partitionKey: string,
+    sequenceNumber: string,
+    subSequenceNumber: number,
+    approximateArrivalTimestampMs: number,
+    stream: string,
+    shardId: string,
+  )
+  /** The stream the record was read from. */
+  stream: string
+  /** The shard the record was read from. */
+  shardId: string
   /** The payload (a view into one Buffer per batch: copy it to keep it past the batch cheaply). */
   data: Buffer
   partitionKey: string
@@ -26,7 +55,7 @@ export interface Record {
 
 /** Records of one shard, in sequence order, following the shard's previous batch. */
 export declare class Batch {
-  private constructor(native: NativeBatch)
+  protected constructor(native: NativeBatch | null, fields?: object)
   readonly stream: string
   readonly shardId: string
   readonly leaseEpoch: number
@@ -37,9 +66,10 @@ export declare class Batch {
   readonly attempt: number
   /**
    * Stores a checkpoint now, up to and including `record` (of this shard) or the whole
-   * batch. Rejects with LeaseLostError when the shard moved to another consumer.
+   * batch. Rejects with LeaseLostError when the shard moved to another consumer,
+   * InvalidArgumentError for a record of another shard or one never delivered.
    */
-  checkpoint(record?: Pick<Record, 'sequenceNumber' | 'subSequenceNumber'> | null): Promise<void>
+  checkpoint(record?: Pick<Record, 'sequenceNumber' | 'subSequenceNumber'> & Partial<Pick<Record, 'stream' | 'shardId'>> | null): Promise<void>
   /** Aborted when the client gives up on this call (handlerTimeoutMs, shutdown): stop and return. */
   readonly signal: AbortSignal
 }
@@ -73,13 +103,44 @@ export interface Stats {
   shards: { stream: string; shardId: string; leaseEpoch: number; millisBehindLatest: number; recordsHandled: number }[]
 }
 
+/** A shard as this consumer holds it. */
+export interface Shard {
+  readonly stream: string
+  readonly shardId: string
+  readonly leaseEpoch: number
+  /** The stored checkpoint reading started after ('' when there was none). */
+  readonly checkpoint: string
+}
+
+/** Why a consumer stopped working on a shard (the client's stable names). */
+export type StopReason =
+  | 'rebalanced'
+  | 'server_shutdown'
+  | 'lease_lost'
+  | 'ended'
+  | 'released'
+  | 'consumer_stopped'
+  | 'disconnected'
+  | 'handler_failed'
+
+/** The error model shared with the Python package: `code` is the client's stable kind. */
+export type ErrorCode =
+  | 'connection'
+  | 'lease_lost'
+  | 'handler'
+  | 'invalid_argument'
+  | 'not_found'
+  | 'unauthenticated'
+  | 'stopped'
+  | 'server'
+
 /** Settings of a Consumer; durations are in milliseconds. Left out: the default. */
 export interface ConsumerOptions {
   /** Shown by `kinesis-butler leases` (default `node-<pid>`). */
   clientName?: string
-  /** Sent as `authorization: Bearer <token>` (servers started with `--auth-token`). */
+  /** Sent as `authorization: Bearer <token>` (servers started with `--auth-token`); default $KINESIS_BUTLER_TOKEN. */
   authToken?: string
-  /** TLS settings for an `https://` endpoint. */
+  /** TLS settings for an `https://` endpoint: each PEM text, a file path or a Buffer. */
   tls?: TlsOptions
   /** Where shards without a checkpoint start (default 'trim_horizon'). */
   start?: 'trim_horizon' | 'latest' | Date
@@ -134,47 +195,81 @@ export interface ConsumerOptions {
  */
 export type Handler = (batch: Batch) => unknown
 
+/** A handler object: `handle` plus optional hooks, awaited before a shard's first batch and before its final checkpoint and release. */
+export interface HandlerObject {
+  handle(batch: Batch): unknown
+  shardStarted?(shard: Shard): unknown
+  shardStopped?(shard: Shard, reason: StopReason): unknown
+}
+
+export interface RunOptions {
+  /** Aborting stops the consumer gracefully. */
+  signal?: AbortSignal
+  /** SIGINT and SIGTERM stop gracefully while running (default true); a second one gives up at once. */
+  handleSignals?: boolean
+}
+
+export interface ConsumerEvents {
+  shardStarted: [shard: Shard]
+  shardStopped: [shard: Shard, reason: StopReason]
+}
+
 /**
  * Reads `streams` of `app` through the Kinesis Butler server at `endpoint`
- * (e.g. 'http://127.0.0.1:50051') and hands their records to a handler.
+ * (e.g. 'http://127.0.0.1:50051'; null: $KINESIS_BUTLER_ENDPOINT) and hands their
+ * records to a handler. Emits 'shardStarted' / 'shardStopped'.
  * Throws TypeError or InvalidArgumentError for bad arguments.
  */
-export declare class Consumer {
-  constructor(endpoint: string, app: string, streams: string | string[], options?: ConsumerOptions)
-  readonly endpoint: string
+export declare class Consumer extends EventEmitter implements AsyncIterable<Batch> {
+  constructor(endpoint: string | null | undefined, app: string, streams: string | string[], options?: ConsumerOptions)
+  readonly endpoint: string | undefined
   readonly app: string
   readonly streams: string[]
   /** Whether stop() was called. */
   readonly stopped: boolean
   /**
-   * Runs `handler` on every batch until stop(); resolves once batches in hand are
-   * handled and checkpointed. Rejects with HandlerError, NotFoundError, ConnectionError…
+   * Runs `handler` on every batch until stop(), the signal or SIGINT/SIGTERM; resolves
+   * once batches in hand are handled and checkpointed. Rejects with HandlerError,
+   * NotFoundError, ConnectionError, StoppedError (stopped before)…
    */
-  run(handler: Handler): Promise<void>
+  run(handler: Handler | HandlerObject, options?: RunOptions): Promise<void>
   /** Counters and per-shard lag now. */
   stats(): Stats
   /** Stops gracefully; batches in hand finish and are checkpointed. */
   stop(): void
+  /** `for await`: each batch is checkpointed once the loop body is done with it. */
+  [Symbol.asyncIterator](): AsyncIterableIterator<Batch>
+  /** The iterator of `for await`, with run()'s options. */
+  batches(options?: RunOptions): AsyncIterableIterator<Batch>
+  /** `await using`: stops and waits for run() to end. */
+  [Symbol.asyncDispose](): Promise<void>
+  on<E extends keyof ConsumerEvents>(event: E, listener: (...args: ConsumerEvents[E]) => void): this
+  once<E extends keyof ConsumerEvents>(event: E, listener: (...args: ConsumerEvents[E]) => void): this
+  off<E extends keyof ConsumerEvents>(event: E, listener: (...args: ConsumerEvents[E]) => void): this
 }
 
 export declare class ButlerError extends Error {
-  /** 'ERR_KB_…' */
-  readonly code: string
-  /** 'connection', 'lease_lost', 'handler', 'invalid_argument', 'not_found', 'unauthenticated', 'stopped', 'server' */
+  /** The client's stable kind (the same strings as Python's `code`). */
+  readonly code: ErrorCode | 'butler'
+  /** `code` (kept for earlier versions). */
   readonly kind: string
+  /** The gRPC status code name behind the error ('UNAVAILABLE'…), or null. */
+  readonly grpcCode: string | null
+  /** Whether trying again later may succeed. */
+  readonly retryable: boolean
 }
 export declare class ConnectionError extends ButlerError {
-  readonly code: 'ERR_KB_CONNECTION'
+  readonly code: 'connection'
   readonly endpoint: string
 }
 export declare class LeaseLostError extends ButlerError {
-  readonly code: 'ERR_KB_LEASE_LOST'
+  readonly code: 'lease_lost'
   readonly stream: string
   readonly shardId: string
   readonly leaseEpoch: number
 }
 export declare class HandlerError extends ButlerError {
-  readonly code: 'ERR_KB_HANDLER'
+  readonly code: 'handler'
   readonly stream: string
   readonly shardId: string
   readonly attempts: number
@@ -182,19 +277,17 @@ export declare class HandlerError extends ButlerError {
   readonly cause: unknown
 }
 export declare class InvalidArgumentError extends ButlerError {
-  readonly code: 'ERR_KB_INVALID_ARGUMENT'
+  readonly code: 'invalid_argument'
 }
 export declare class NotFoundError extends ButlerError {
-  readonly code: 'ERR_KB_NOT_FOUND'
+  readonly code: 'not_found'
 }
 export declare class UnauthenticatedError extends ButlerError {
-  readonly code: 'ERR_KB_UNAUTHENTICATED'
+  readonly code: 'unauthenticated'
 }
 export declare class StoppedError extends ButlerError {
-  readonly code: 'ERR_KB_STOPPED'
+  readonly code: 'stopped'
 }
 export declare class ServerError extends ButlerError {
-  readonly code: 'ERR_KB_SERVER'
-  /** The gRPC status code name. */
-  readonly grpcCode: string
+  readonly code: 'server'
 }

@@ -5,6 +5,7 @@ export const {
   Consumer,
   setLogger,
   Batch,
+  Record,
   ButlerError,
   ConnectionError,
   LeaseLostError,

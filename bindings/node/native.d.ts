@@ -24,10 +24,12 @@ export declare class NativeBatch {
   /** The records, in sequence order, as columns (see [`PackedRecords`]). */
   packedRecords(): PackedRecords
   /**
-   * Checkpoints up to and including the record with this sequence number, or the
-   * whole batch; resolves `null` once stored, or the error.
+   * Checkpoints up to and including the record with this sequence number (of the
+   * shard `stream`/`shardId` it names: the client refuses a record of another shard,
+   * or one never delivered), or the whole batch; resolves `null` once stored, or the
+   * error.
    */
-  checkpoint(sequenceNumber?: string | undefined | null, subSequenceNumber?: number | undefined | null): Promise<ErrorInfo | null>
+  checkpoint(sequenceNumber?: string | undefined | null, subSequenceNumber?: number | undefined | null, stream?: string | undefined | null, shardId?: string | undefined | null): Promise<ErrorInfo | null>
 }
 
 /** The native consumer; `index.js` exports the `Consumer` built on it. */
@@ -36,12 +38,12 @@ export declare class NativeConsumer {
    * Throws `InvalidArg` errors for bad arguments (`index.js` checks the types first,
    * the client every value).
    */
-  constructor(endpoint: string, app: string, streams: Array<string>, options?: NativeOptions | undefined | null, onFailure?: JsDeadLetter | undefined | null)
+  constructor(endpoint: string | undefined | null, app: string, streams: Array<string>, options?: NativeOptions | undefined | null, onFailure?: ((entries: Array<DeadLetterInfo>) => Promise<string | undefined | null>) | undefined | null)
   /**
    * Runs `handler` until the consumer stops; resolves `null`, or the error that
    * stopped it.
    */
-  run(handler: (batch: NativeBatch) => Promise<string | undefined | null>): Promise<ErrorInfo | null>
+  run(handler: (batch: NativeBatch) => Promise<string | undefined | null>, hooks?: ((event: ShardEvent) => Promise<string | undefined | null>) | null): Promise<ErrorInfo | null>
   /**
    * Stops gracefully: batches in hand finish and are checkpointed, then the session
    * closes so that its shards move at once.
@@ -91,15 +93,20 @@ export interface ErrorInfo {
   shardId?: string
   leaseEpoch?: number
   attempts?: number
-  /** The gRPC status code of a `server` error. */
+  /** The gRPC status code name behind the error (`UNAVAILABLE`…), when there is one. */
   grpcCode?: string
+  /** Whether trying again later may succeed. */
+  retryable: boolean
 }
 
 /** One log event of the client. */
 export interface LogEvent {
-  /** `error`, `warn` or `info`. */
-  level: 'error' | 'warn' | 'info'
+  /** `error`, `warn`, `info` or `debug`. */
+  level: 'error' | 'warn' | 'info' | 'debug'
+  /** The message, without the fields. */
   message: string
+  /** The event's and its spans' fields (stream, shard, epoch, error…), as text. */
+  fields: Record<string, string>
 }
 
 /**
@@ -162,8 +169,11 @@ export interface PackedRecords {
   approximateArrivalTimestampsMs: Float64Array
 }
 
-/** Sets the function receiving the client's log events (`null`: none). */
-export declare function setLogger(logger: ((event: LogEvent) => void) | null): void
+/**
+ * Sets the function receiving the client's log events (`null`: none), and the most
+ * detailed level forwarded (`info` by default; `debug` adds checkpoints and routing).
+ */
+export declare function setLogger(logger: ((event: LogEvent) => void) | null, level?: 'error' | 'warn' | 'info' | 'debug' | null): void
 
 /** One shard held by the consumer. */
 export interface ShardStatsInfo {
@@ -188,14 +198,32 @@ export interface StatsInfo {
   shards: Array<ShardStatsInfo>
 }
 
-/** TLS settings for an `https://` endpoint (PEM text). */
+/**
+ * A shard hook call as `index.js` receives it (it calls the handler object's
+ * `shardStarted(shard)` / `shardStopped(shard, reason)` and emits events).
+ */
+export interface ShardEvent {
+  event: 'started' | 'stopped'
+  stream: string
+  shardId: string
+  leaseEpoch: number
+  /** The stored checkpoint reading started after (empty when none). */
+  checkpoint: string
+  /** Why work on the shard ended (`stopped` only): the client's stable names. */
+  reason?: string
+}
+
+/**
+ * TLS settings for an `https://` endpoint: each PEM text, a file path (a string
+ * without a `-----BEGIN` line) or a `Buffer` of the contents.
+ */
 export interface TlsOptions {
   /** The CA that signed the server's certificate (instead of the system roots). */
-  caCertificatePem?: string
+  caCertificatePem?: string | Buffer
   /** The name the server's certificate must carry, when not the endpoint's host. */
   domainName?: string
   /** Certificate chain for servers that require client certificates. */
-  clientCertificatePem?: string
+  clientCertificatePem?: string | Buffer
   /** Private key of `clientCertificatePem`. */
-  clientKeyPem?: string
+  clientKeyPem?: string | Buffer
 }

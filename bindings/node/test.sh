@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the npm package the way a user gets it (napi build of the addon, npm pack,
-# npm install of the tarball into a scratch project) and runs its tests there with
+# Installs the npm package exactly as a user does from a checkout, into a fresh npm
+# project: `npm install <checkout>/bindings/node`, whose install step builds the native
+# addon with cargo (no prebuilt one is there), then runs its tests there with
 # `node --test`, against a real kinesis-butler server and the kinesalite emulator
 # (started if not running). Also type-checks the TypeScript definitions (tsc).
 #
@@ -12,39 +13,37 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 target="${CARGO_TARGET_DIR:-$root/target}"
+export CARGO_TARGET_DIR="$target"
 profile="${KB_PROFILE:-debug}"
 cd "$root"
 
 step() { printf '== node: %s\n' "$*"; }
 now() { date +%s; }
 
-step "installing the build tools (npm ci)"
-(cd "$here" && npm ci --no-audit --no-fund --loglevel=error)
+step "installing the type-checking tools (npm ci)"
+(cd "$here" && npm ci --no-audit --no-fund --loglevel=error --ignore-scripts)
 
 if [ -z "${KB_SKIP_SERVER_BUILD:-}" ]; then
   step "building the server binary used by the tests"
   cargo build -q -p kinesis-butler
 fi
 
-step "building the addon ($profile)"
-start=$(now)
-flags=(--platform --js native.js --dts native.d.ts)
-[ "$profile" = release ] && flags+=(--release)
-(cd "$here" && npx napi build "${flags[@]}")
-step "built in $(( $(now) - start )) s"
-
 step "type-checking the TypeScript definitions (tsc)"
 (cd "$here" && npx tsc -p types-test)
 
-step "packing and installing into a scratch project"
+# No prebuilt addon: the install step must build it, as on a fresh machine.
+step "npm install $here into a fresh project (builds the addon: $profile)"
+rm -f "$here"/*.node
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-tarball=$(cd "$here" && npm pack --silent --pack-destination "$scratch")
+start=$(now)
 (
   cd "$scratch"
   echo '{ "name": "kinesis-butler-scratch", "private": true }' > package.json
-  npm install --no-audit --no-fund --loglevel=error "./$tarball"
+  KINESIS_BUTLER_BUILD_PROFILE="$profile" npm install --no-audit --no-fund --loglevel=error "$here"
+  node -e "require('kinesis-butler'); require('kinesis-butler/testing')"
 )
+step "installed in $(( $(now) - start )) s"
 cp -r "$here/test" "$scratch/test"
 mkdir -p "$scratch/examples" && cp "$root/examples/node/processor.js" "$scratch/examples/"
 

@@ -2,7 +2,7 @@
 // second. Ctrl-C (SIGINT) or SIGTERM stops cleanly: batches in hand finish, progress is
 // checkpointed and the session closes, so the shards move to other processors at once.
 //
-//   npm install kinesis-butler   # here: npm install (links ../../bindings/node)
+//   npm install ./bindings/node   # from a checkout (builds the addon; here: npm install links it)
 //   node examples/node/processor.js --endpoint http://127.0.0.1:50051 --app demo --stream demo
 'use strict'
 const { parseArgs } = require('node:util')
@@ -18,7 +18,7 @@ const { values: args } = parseArgs({
 if (!args.stream) throw new Error('give at least one --stream')
 
 const consumer = new Consumer(args.endpoint, args.app, args.stream)
-for (const signal of ['SIGINT', 'SIGTERM']) process.once(signal, () => consumer.stop())
+// run() stops gracefully on SIGINT and SIGTERM.
 
 const counts = new Map()
 const report = () => {

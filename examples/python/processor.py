@@ -2,7 +2,7 @@
 second. Ctrl-C or SIGTERM stops cleanly: batches in hand finish, progress is checkpointed and the
 session closes, so the shards move to other processors at once.
 
-    pip install kinesis-butler   # or: bindings/python/test.sh builds and installs it
+    pip install ./bindings/python   # from a checkout (needs Rust)
     python examples/python/processor.py --endpoint http://127.0.0.1:50051 --app demo --stream demo
 """
 
@@ -37,14 +37,13 @@ def report_every_second(stop):
         report()
 
 
-# Ctrl-C, and SIGTERM like it, stop gracefully (also when a shell started us in the
-# background with SIGINT ignored).
+# Ctrl-C stops gracefully also when a shell started us in the background with SIGINT
+# ignored; run() handles SIGTERM like Ctrl-C itself.
 signal.signal(signal.SIGINT, signal.default_int_handler)
-signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 stop = threading.Event()
 threading.Thread(target=report_every_second, args=(stop,), daemon=True).start()
-Consumer(args.endpoint, args.app, args.stream).run(handle)  # returns on Ctrl-C, once checkpointed
+Consumer(args.endpoint, args.app, args.stream).run(handle)  # returns on Ctrl-C or SIGTERM, once checkpointed
 stop.set()
 report()
 print("stopped cleanly")

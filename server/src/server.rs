@@ -40,7 +40,10 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
         info!(%addr, "serving Prometheus metrics at /metrics");
     }
     let store = store::open(&config.store).await?;
-    let kinesis: crate::retrieval::source::Source = Arc::new(Kinesis::from_env().await);
+    let kinesis: crate::retrieval::source::Source = match &config.memory_source {
+        Some(spec) => crate::retrieval::memory::MemorySource::from_spec(spec).map_err(anyhow::Error::msg)?,
+        None => Arc::new(Kinesis::from_env().await),
+    };
     let settings = ButlerSettings {
         group: GroupSettings {
             lease_ttl: config.lease_ttl,

@@ -1,8 +1,8 @@
 //! The foundation flow on each emulator: read every record once in order, checkpoint
 //! half of each shard, restart the server on the same store, and resume exactly after
-//! the checkpoints. With the embedded file on both emulators, and with Redis and with
-//! PostgreSQL and DynamoDB (a key prefix, schema or table per test, removed at the end)
-//! on kinesalite.
+//! the checkpoints. With the embedded file on both emulators, and with Redis, the Redis
+//! Cluster, PostgreSQL and DynamoDB (a key prefix, schema or table per test, removed at
+//! the end) on kinesalite.
 
 mod common;
 
@@ -112,4 +112,22 @@ async fn postgres_read_checkpoint_restart_resume() -> Result<()> {
 async fn dynamodb_read_checkpoint_restart_resume() -> Result<()> {
     let store = TestStore::dynamodb();
     store.run(read_checkpoint_restart_resume(Emulator::Kinesalite, &store.url(), &["--lease-ttl", "3s"])).await
+}
+
+#[tokio::test]
+async fn redis_cluster_read_checkpoint_restart_resume() -> Result<()> {
+    const NODES: [&str; 3] = ["127.0.0.1:7301", "127.0.0.1:7302", "127.0.0.1:7303"];
+    let prefix = format!("kbt_{}", uuid::Uuid::new_v4().simple());
+    let url = format!("redis+cluster://{}/?prefix={prefix}", NODES.join(","));
+    let outcome = read_checkpoint_restart_resume(Emulator::Kinesalite, &url, &["--lease-ttl", "3s"]).await;
+    // The test's keys, on whichever node holds their slot (one key per DEL: a cluster
+    // refuses multi-key commands across slots).
+    for node in NODES {
+        let mut conn = redis::Client::open(format!("redis://{node}/"))?.get_multiplexed_async_connection().await?;
+        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await?;
+        for key in keys {
+            redis::cmd("DEL").arg(key).query_async::<()>(&mut conn).await?;
+        }
+    }
+    outcome
 }

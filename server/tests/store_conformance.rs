@@ -39,6 +39,7 @@ macro_rules! conformance_tests {
                 drop_session_frees_leases_and_handoffs,
                 stale_sessions_are_removed_at_the_version_seen,
                 lease_generation_moves_with_lease_writes_only,
+                changed_since_reads_hold_every_lease_written_since,
                 liveness_follows_beats_on_the_observers_clock,
                 ping_answers,
             );
@@ -480,6 +481,27 @@ async fn lease_generation_moves_with_lease_writes_only(l: Leases) {
     l.beat(&g, &["s1".to_owned()]).await.unwrap();
     assert_eq!(l.generation(&g).await.unwrap(), g2, "no lease written: sessions, refusals, no-op syncs");
     assert_eq!(l.generation(&GroupKey::new("app", "elsewhere")).await.unwrap(), 0);
+}
+
+async fn changed_since_reads_hold_every_lease_written_since(l: Leases) {
+    let (g, store) = (group(), l.store().clone());
+    assert_eq!(store.read_leases_since(&g, 0).await.unwrap(), (0, vec![]), "nothing written yet");
+    sync(&l, &g, &[S0, S1, S2]).await;
+    let (g1, all) = store.read_leases_since(&g, 0).await.unwrap();
+    assert_eq!(all, l.list(&g).await.unwrap(), "since 0: every lease");
+    assert_eq!(store.read_leases_since(&g, g1).await.unwrap(), (g1, vec![]), "nothing since");
+    take(&l, &g, S1, "s1").await;
+    sync(&l, &g, &[S0, S1, S2, S3]).await;
+    let (g2, changed) = store.read_leases_since(&g, g1).await.unwrap();
+    assert!(g2 > g1);
+    let now = l.list(&g).await.unwrap();
+    let ids: Vec<&str> = changed.iter().map(|v| v.value.shard_id.as_str()).collect();
+    assert!(ids.contains(&S1) && ids.contains(&S3), "the acquired and the new lease: {ids:?}");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "in shard id order: {ids:?}");
+    for lease in &changed {
+        assert!(now.contains(lease), "as stored now: {lease:?}");
+    }
+    assert_eq!(store.read_leases_since(&g, g2).await.unwrap(), (g2, vec![]));
 }
 
 /// The old expiry-by-time cases as liveness by observation: what `Liveness` makes of this

@@ -11,9 +11,13 @@
 //! 4. DynamoDB cost: writes per shard per second in steady state with the `dynamodb://`
 //!    store on dynalite (counted by a proxy), against KCL's one renewal per lease every
 //!    ~3.3 s.
+//! 5. Scale: 10,000 shards on the in-memory source, 3 instances, 30 sessions, on Redis and
+//!    PostgreSQL: converge, join, leave, cross-instance handoff, RSS, idle CPU and store
+//!    commands per shard per second, against the targets (`bench --only scale --shards N`
+//!    for a quick run).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -23,6 +27,7 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType};
 use clap::Parser;
 use kinesis_butler_bench::fake_kinesis::{self, FakeStream};
+use kinesis_butler_bench::process::Server;
 use kinesis_butler_client::{Batch, Consumer, ConsumerOptions, HandlerError};
 
 // One allocator for everything this binary measures: the source, the direct read loop and
@@ -57,7 +62,22 @@ struct Args {
     /// dynalite endpoint (the DynamoDB store's cost section).
     #[arg(long, default_value = "127.0.0.1:4630")]
     dynalite: String,
-    /// Only run these sections (relay, kinesalite, cost, dynamodb); all when empty.
+    /// Shards of the scale section's stream.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    shards: u64,
+    /// Server instances of the scale section.
+    #[arg(long, default_value_t = 3)]
+    instances: usize,
+    /// Sessions of the scale section (one more joins).
+    #[arg(long, default_value_t = 30)]
+    sessions: usize,
+    /// Stores of the scale section (redis, postgres).
+    #[arg(long, value_delimiter = ',', default_value = "redis,postgres")]
+    scale_stores: Vec<String>,
+    /// PostgreSQL server for the scale section (a database of its own is created).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+    postgres: String,
+    /// Only run these sections (relay, kinesalite, cost, dynamodb, scale); all when empty.
     #[arg(long)]
     only: Vec<String>,
     /// Internal: be the Rust reader process (`--read ENDPOINT,APP,STREAM,EXPECT`), like
@@ -78,65 +98,6 @@ fn kinesis_client(endpoint: &str) -> aws_sdk_kinesis::Client {
         .endpoint_url(endpoint)
         .build();
     aws_sdk_kinesis::Client::from_conf(config)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(50999)
-}
-
-/// A server process, killed on drop.
-struct Server {
-    child: Child,
-    endpoint: String,
-}
-
-impl Server {
-    async fn start(bin_dir: &Path, kinesis: &str, store: &str, extra: &[&str]) -> Result<Self> {
-        let port = free_port();
-        let child = Command::new(bin_dir.join("kinesis-butler"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--store", store])
-            .args(extra)
-            .env("AWS_ACCESS_KEY_ID", "bench")
-            .env("AWS_SECRET_ACCESS_KEY", "bench")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ENDPOINT_URL_KINESIS", kinesis)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .context("starting kinesis-butler (build it with cargo build --release)")?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            if Instant::now() > deadline {
-                bail!("server did not start");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(Self { child, endpoint: format!("http://127.0.0.1:{port}") })
-    }
-
-    /// User + system CPU seconds used so far.
-    fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        (ticks(11) + ticks(12)) / 100.0
-    }
-
-    fn rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            .map_or(0.0, |kib| kib / 1024.0)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The first iterator of a shard.
@@ -341,7 +302,7 @@ async fn relay(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
     for size in [100usize, 1024] {
         let per_shard = args.relay_records / args.relay_shards;
         let total = per_shard * args.relay_shards;
-        let stream = Arc::new(FakeStream::new("relay", args.relay_shards, per_shard, size));
+        let stream = Arc::new(FakeStream::new("relay", args.relay_shards, per_shard, size).await?);
         let (addr, source) = fake_kinesis::serve(stream, "127.0.0.1:0".parse()?).await?;
         let endpoint = format!("http://{addr}");
         let mut directs = Vec::new();
@@ -633,7 +594,7 @@ async fn wait_leased(endpoint: &str, app: &str, stream: &str, shards: usize, wit
 
 async fn cost(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
     let shards = 1000;
-    let stream = Arc::new(FakeStream::new("idle", shards, 0, 100));
+    let stream = Arc::new(FakeStream::new("idle", shards, 0, 100).await?);
     let (addr, source) = fake_kinesis::serve(stream, "127.0.0.1:0".parse()?).await?;
     let prefix = format!("kbbench{}", now_ms());
     let store = format!("redis://127.0.0.1:6379/?prefix={prefix}");
@@ -730,7 +691,7 @@ async fn counting_proxy(
 
 async fn cost_dynamodb(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
     let shards = 1000;
-    let stream = Arc::new(FakeStream::new("idle-dynamo", shards, 0, 100));
+    let stream = Arc::new(FakeStream::new("idle-dynamo", shards, 0, 100).await?);
     let (addr, source) = fake_kinesis::serve(stream, "127.0.0.1:0".parse()?).await?;
     let (proxy, counts) = counting_proxy(args.dynalite.clone()).await?;
     let table = format!("kbbench-{}", now_ms());
@@ -817,6 +778,23 @@ async fn main() -> Result<()> {
     }
     if want("dynamodb") {
         cost_dynamodb(&args, &mut rows).await?;
+    }
+    if want("scale") {
+        for store in &args.scale_stores {
+            let scale = kinesis_butler_bench::scale::ScaleArgs {
+                bin_dir: args.bin_dir.clone(),
+                shards: args.shards as usize,
+                instances: args.instances.max(1),
+                sessions: args.sessions.max(1),
+                records_per_shard: 1,
+                store: store.clone(),
+                postgres: args.postgres.clone(),
+                window: Duration::from_secs(10),
+            };
+            for f in kinesis_butler_bench::scale::run(&scale).await? {
+                rows.push(Row { section: "scale", what: f.what, value: f.value, baseline: f.target, ratio: f.ratio });
+            }
+        }
     }
     let mut table = format!(
         "Machine: {}\n\n| section | measurement | value | baseline | ratio |\n|---|---|---|---|---|\n",

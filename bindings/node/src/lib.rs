@@ -39,8 +39,10 @@ pub struct ErrorInfo {
     pub shard_id: Option<String>,
     pub lease_epoch: Option<i64>,
     pub attempts: Option<u32>,
-    /// The gRPC status code of a `server` error.
+    /// The gRPC status code name behind the error (`UNAVAILABLE`…), when there is one.
     pub grpc_code: Option<String>,
+    /// Whether trying again later may succeed.
+    pub retryable: bool,
 }
 
 impl From<kb::Error> for ErrorInfo {
@@ -53,7 +55,8 @@ impl From<kb::Error> for ErrorInfo {
             shard_id: None,
             lease_epoch: None,
             attempts: None,
-            grpc_code: None,
+            grpc_code: error.grpc_code().map(str::to_owned),
+            retryable: error.is_retryable(),
         };
         match error {
             kb::Error::Connection { endpoint, .. } => info.endpoint = Some(endpoint),
@@ -67,7 +70,6 @@ impl From<kb::Error> for ErrorInfo {
                 info.shard_id = Some(shard_id);
                 info.attempts = Some(attempts);
             }
-            kb::Error::Server { code, .. } => info.grpc_code = Some(format!("{code:?}")),
             _ => {}
         }
         info
@@ -78,17 +80,31 @@ fn invalid(message: impl Into<String>) -> Error {
     Error::new(Status::InvalidArg, message.into())
 }
 
-/// TLS settings for an `https://` endpoint (PEM text).
+/// TLS settings for an `https://` endpoint: each PEM text, a file path (a string
+/// without a `-----BEGIN` line) or a `Buffer` of the contents.
 #[napi(object)]
 pub struct TlsOptions {
     /// The CA that signed the server's certificate (instead of the system roots).
-    pub ca_certificate_pem: Option<String>,
+    pub ca_certificate_pem: Option<Either<String, Buffer>>,
     /// The name the server's certificate must carry, when not the endpoint's host.
     pub domain_name: Option<String>,
     /// Certificate chain for servers that require client certificates.
-    pub client_certificate_pem: Option<String>,
+    pub client_certificate_pem: Option<Either<String, Buffer>>,
     /// Private key of `clientCertificatePem`.
-    pub client_key_pem: Option<String>,
+    pub client_key_pem: Option<Either<String, Buffer>>,
+}
+
+/// TLS material as given, by the client's one rule ([`kb::resolve_pem`]).
+fn pem(option: &str, value: Option<Either<String, Buffer>>) -> std::result::Result<Option<String>, kb::Error> {
+    value
+        .map(|v| {
+            let source = match v {
+                Either::A(text) => kb::PemSource::Text(text),
+                Either::B(bytes) => kb::PemSource::Contents(bytes.to_vec()),
+            };
+            kb::resolve_pem(option, source)
+        })
+        .transpose()
 }
 
 /// Settings of a consumer, as `index.js` passes them (durations in milliseconds; counts
@@ -136,16 +152,20 @@ fn whole(value: Option<f64>) -> Option<i64> {
 }
 
 impl NativeOptions {
-    fn into_raw(self) -> kb::RawOptions {
-        kb::RawOptions {
+    fn into_raw(self) -> std::result::Result<kb::RawOptions, kb::Error> {
+        let tls = match self.tls {
+            None => None,
+            Some(t) => Some(kb::TlsOptions {
+                ca_certificate_pem: pem("tls.caCertificatePem", t.ca_certificate_pem)?,
+                domain_name: t.domain_name,
+                client_certificate_pem: pem("tls.clientCertificatePem", t.client_certificate_pem)?,
+                client_key_pem: pem("tls.clientKeyPem", t.client_key_pem)?,
+            }),
+        };
+        Ok(kb::RawOptions {
             client_name: self.client_name,
             auth_token: self.auth_token,
-            tls: self.tls.map(|t| kb::TlsOptions {
-                ca_certificate_pem: t.ca_certificate_pem,
-                domain_name: t.domain_name,
-                client_certificate_pem: t.client_certificate_pem,
-                client_key_pem: t.client_key_pem,
-            }),
+            tls,
             start: self.start,
             start_timestamp_ms: self.start_timestamp_ms,
             max_records_per_batch: whole(self.max_records_per_batch),
@@ -170,7 +190,7 @@ impl NativeOptions {
             max_initial_connect_attempts: whole(self.max_initial_connect_attempts),
             request_timeout: self.request_timeout_ms,
             shutdown_timeout: self.shutdown_timeout_ms,
-        }
+        })
     }
 }
 
@@ -283,18 +303,27 @@ impl NativeBatch {
         }
     }
 
-    /// Checkpoints up to and including the record with this sequence number, or the
-    /// whole batch; resolves `null` once stored, or the error.
+    /// Checkpoints up to and including the record with this sequence number (of the
+    /// shard `stream`/`shardId` it names: the client refuses a record of another shard,
+    /// or one never delivered), or the whole batch; resolves `null` once stored, or the
+    /// error.
     #[napi]
     pub async fn checkpoint(
         &self,
         sequence_number: Option<String>,
         sub_sequence_number: Option<i64>,
+        stream: Option<String>,
+        shard_id: Option<String>,
     ) -> Result<Option<ErrorInfo>> {
         let checkpointer = self.batch.checkpointer().clone();
         let result = match sequence_number {
             None => checkpointer.checkpoint().await,
-            Some(seq) => checkpointer.checkpoint_sequence(&seq, sub_sequence_number.unwrap_or(0).max(0) as u64).await,
+            Some(seq) => {
+                let sub = sub_sequence_number.unwrap_or(0).max(0) as u64;
+                let stream = stream.unwrap_or_else(|| self.batch.stream().to_owned());
+                let shard_id = shard_id.unwrap_or_else(|| self.batch.shard_id().to_owned());
+                checkpointer.checkpoint_record_of(&stream, &shard_id, &seq, sub).await
+            }
         };
         Ok(result.err().map(ErrorInfo::from))
     }
@@ -304,8 +333,49 @@ impl NativeBatch {
 /// or what the user's handler threw, described (`index.js` keeps the error itself).
 type JsHandler = ThreadsafeFunction<NativeBatch, Promise<Option<failure::CallFailure>>, NativeBatch, Status, false>;
 
+/// A shard hook call as `index.js` receives it (it calls the handler object's
+/// `shardStarted(shard)` / `shardStopped(shard, reason)` and emits events).
+#[napi(object)]
+pub struct ShardEvent {
+    #[napi(ts_type = "'started' | 'stopped'")]
+    pub event: String,
+    pub stream: String,
+    pub shard_id: String,
+    pub lease_epoch: i64,
+    /// The stored checkpoint reading started after (empty when none).
+    pub checkpoint: String,
+    /// Why work on the shard ended (`stopped` only): the client's stable names.
+    pub reason: Option<String>,
+}
+
+/// The hooks as `index.js` passes them: resolves once the user's hook is done (its
+/// errors are logged by `index.js`).
+type JsHooks = ThreadsafeFunction<ShardEvent, Promise<Option<String>>, ShardEvent, Status, false>;
+
 struct NodeHandler {
     tsfn: Arc<JsHandler>,
+    hooks: Option<Arc<JsHooks>>,
+}
+
+impl NodeHandler {
+    fn hook(&self, shard: &kb::ShardInfo, reason: Option<kb::StopReason>) -> BoxFuture<'static, ()> {
+        let Some(hooks) = self.hooks.clone() else {
+            return Box::pin(async {});
+        };
+        let event = ShardEvent {
+            event: if reason.is_some() { "stopped" } else { "started" }.to_owned(),
+            stream: shard.stream.clone(),
+            shard_id: shard.shard_id.clone(),
+            lease_epoch: shard.lease_epoch as i64,
+            checkpoint: shard.checkpoint.clone(),
+            reason: reason.map(|r| r.as_str().to_owned()),
+        };
+        Box::pin(async move {
+            if let Ok(promise) = hooks.call_async_catch(event).await {
+                let _ = promise.await;
+            }
+        })
+    }
 }
 
 impl kb::Handler for NodeHandler {
@@ -324,6 +394,14 @@ impl kb::Handler for NodeHandler {
                 Err(e) => Err(kb::HandlerError::msg(e.reason)),
             }
         })
+    }
+
+    fn shard_started(&self, shard: &kb::ShardInfo) -> BoxFuture<'static, ()> {
+        self.hook(shard, None)
+    }
+
+    fn shard_stopped(&self, shard: &kb::ShardInfo, reason: kb::StopReason) -> BoxFuture<'static, ()> {
+        self.hook(shard, Some(reason))
     }
 
     /// A Promise keeps running when its future is dropped: the client aborts the
@@ -345,19 +423,21 @@ impl NativeConsumer {
     /// the client every value).
     #[napi(
         constructor,
-        ts_args_type = "endpoint: string, app: string, streams: Array<string>, options?: NativeOptions | undefined | null, onFailure?: ((entries: Array<DeadLetterInfo>) => Promise<string | undefined | null>) | undefined | null"
+        ts_args_type = "endpoint: string | undefined | null, app: string, streams: Array<string>, options?: NativeOptions | undefined | null, onFailure?: ((entries: Array<DeadLetterInfo>) => Promise<string | undefined | null>) | undefined | null"
     )]
     pub fn new(
-        endpoint: String,
+        endpoint: Option<String>,
         app: String,
         streams: Vec<String>,
         options: Option<NativeOptions>,
         on_failure: Option<failure::JsDeadLetter>,
     ) -> Result<Self> {
-        let mut raw = options.map(NativeOptions::into_raw).unwrap_or_default();
+        let endpoint = kb::endpoint_or_env(endpoint).map_err(construction_error)?;
+        let mut raw = options.map(NativeOptions::into_raw).transpose().map_err(construction_error)?.unwrap_or_default();
         raw.on_failure_callback =
             on_failure.map(|tsfn| kb::DeadLetterCallback(Arc::new(failure::NodeDeadLetter { tsfn: Arc::new(tsfn) })));
         raw.client_name.get_or_insert_with(|| format!("node-{}", std::process::id()));
+        raw.auth_token = kb::token_or_env(raw.auth_token.take());
         let options = raw.into_options(kb::Spelling::Camel).map_err(construction_error)?;
         let inner = kb::Consumer::new(endpoint, app, streams, options).map_err(construction_error)?;
         Ok(Self { inner: Arc::new(inner) })
@@ -365,9 +445,11 @@ impl NativeConsumer {
 
     /// Runs `handler` until the consumer stops; resolves `null`, or the error that
     /// stopped it.
-    #[napi(ts_args_type = "handler: (batch: NativeBatch) => Promise<string | undefined | null>")]
-    pub async fn run(&self, handler: JsHandler) -> Result<Option<ErrorInfo>> {
-        let handler = Arc::new(NodeHandler { tsfn: Arc::new(handler) });
+    #[napi(
+        ts_args_type = "handler: (batch: NativeBatch) => Promise<string | undefined | null>, hooks?: ((event: ShardEvent) => Promise<string | undefined | null>) | null"
+    )]
+    pub async fn run(&self, handler: JsHandler, hooks: Option<JsHooks>) -> Result<Option<ErrorInfo>> {
+        let handler = Arc::new(NodeHandler { tsfn: Arc::new(handler), hooks: hooks.map(Arc::new) });
         Ok(self.inner.run_shared(handler).await.err().map(ErrorInfo::from))
     }
 

@@ -47,7 +47,7 @@ for (const [args, ErrorClass, message] of cases) {
       assert.match(e.message, message)
       if (ErrorClass === InvalidArgumentError) {
         assert.ok(e instanceof ButlerError)
-        assert.equal(e.code, 'ERR_KB_INVALID_ARGUMENT')
+        assert.equal(e.code, 'invalid_argument')
         assert.equal(e.kind, 'invalid_argument')
       }
       return true
@@ -95,7 +95,7 @@ test('an unreachable server rejects with ConnectionError', async () => {
   const started = Date.now()
   await assert.rejects(c.run(() => {}), (e) => {
     assert.ok(e instanceof kb.ConnectionError && e instanceof ButlerError)
-    assert.equal(e.code, 'ERR_KB_CONNECTION')
+    assert.equal(e.code, 'connection')
     assert.match(e.message, /cannot reach/)
     assert.match(e.endpoint, /^http:\/\/127\.0\.0\.1:/)
     return true
@@ -107,7 +107,7 @@ test('a stream that does not exist rejects with NotFoundError', async () => {
   const server = await Server.start()
   try {
     const c = new Consumer(server.endpoint, unique('app'), [unique('missing')], { maxReconnectAttempts: 3 })
-    await assert.rejects(runBounded(c, () => {}, 30000), (e) => e instanceof kb.NotFoundError && e.code === 'ERR_KB_NOT_FOUND')
+    await assert.rejects(runBounded(c, () => {}, 30000), (e) => e instanceof kb.NotFoundError && e.code === 'not_found')
   } finally {
     await server.stop()
   }

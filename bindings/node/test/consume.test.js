@@ -156,7 +156,7 @@ for (const style of ['throws', 'rejects']) {
       (e) => e,
     )
     assert.ok(error instanceof HandlerError && error instanceof kb.ButlerError && error instanceof Error)
-    assert.equal(error.code, 'ERR_KB_HANDLER')
+    assert.equal(error.code, 'handler')
     assert.equal(error.kind, 'handler')
     assert.equal(error.name, 'HandlerError')
     assert.equal(error.shardId, bad)

@@ -107,16 +107,16 @@ test('two processes split the shards; one takes over when the other dies', async
   }
 })
 
-test('SIGINT stops a worker cleanly with a final checkpoint', async () => {
+for (const [signal, extra] of [['SIGINT', ['--own-sigint']], ['SIGTERM', []]]) test(`${signal} stops a worker cleanly with a final checkpoint and released leases`, async () => {
   const stream = await Stream.create(2)
   streams.push(stream)
   await stream.putRecords(100)
   const app = unique('app')
   // Checkpoints only every 10^6 records: only the final checkpoint can store progress.
-  const worker = new Worker(server.endpoint, app, stream.name, '--checkpoint-every', '1000000')
+  const worker = new Worker(server.endpoint, app, stream.name, '--checkpoint-every', '1000000', ...extra)
   try {
     await worker.waitFor((w) => w.records().size >= 100, 60000, 'the worker to read every record')
-    worker.process.kill('SIGINT')
+    worker.process.kill(signal)
     assert.equal(await worker.exited, 0, worker.stderr)
     assert.deepEqual(worker.lines[worker.lines.length - 1], { event: 'stopped', stopped: true })
   } finally {
@@ -124,6 +124,7 @@ test('SIGINT stops a worker cleanly with a final checkpoint', async () => {
   }
   const state = server.leases(app, stream.name)
   assert.deepEqual(state.sessions, [])
+  assert.deepEqual(state.leases.map((l) => l.owner), ['', ''], 'the leases were released')
   const checkpoints = Object.fromEntries(state.leases.map((l) => [l.shard_id, l.checkpoint]))
   const expected = Object.fromEntries([...stream.put].map(([shard, records]) => [shard, records[records.length - 1].seq]))
   assert.deepEqual(checkpoints, expected)

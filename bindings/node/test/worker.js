@@ -9,7 +9,8 @@ const every = rest.indexOf('--checkpoint-every')
 if (every >= 0) options.checkpointEveryRecords = Number(rest[every + 1])
 
 const consumer = new Consumer(endpoint, app, [stream], options)
-process.once('SIGINT', () => consumer.stop())
+// run() stops on SIGINT and SIGTERM itself; --own-sigint also listens here (as older code did).
+if (rest.includes('--own-sigint')) process.once('SIGINT', () => consumer.stop())
 
 const emit = (line) => process.stdout.write(JSON.stringify(line) + '\n')
 consumer

@@ -40,3 +40,50 @@ const text: string = ({} as Record).data
 void text
 // @ts-expect-error: streams are strings
 new Consumer('http://x', 'app', [1])
+
+// --- handler objects, iteration, signals, errors, logging, testing -------------------
+import { HandlerObject, LeaseLostError, Shard, StopReason, setLogger } from 'kinesis-butler'
+import { makeBatch, makeRecord, runHandler } from 'kinesis-butler/testing'
+
+const hooked: HandlerObject = {
+  handle: async (batch: Batch) => batch.records.length,
+  shardStarted: (shard: Shard) => console.log(shard.stream, shard.shardId, shard.leaseEpoch, shard.checkpoint),
+  shardStopped: async (shard: Shard, reason: StopReason) => console.log(shard.shardId, reason),
+}
+
+async function idioms(): Promise<void> {
+  const controller = new AbortController()
+  const c = new Consumer(null, 'app', 'orders', { tls: { caCertificatePem: Buffer.from('pem'), clientKeyPem: '/etc/key.pem' } })
+  c.on('shardStopped', (shard, reason) => console.log(shard.shardId, reason.toUpperCase()))
+  await c.run(hooked, { signal: controller.signal, handleSignals: false })
+  for await (const batch of c) {
+    const shardOfRecord: string = batch.records[0].shardId
+    await batch.checkpoint(batch.records[0])
+    console.log(shardOfRecord)
+  }
+  for await (const batch of c.batches({ handleSignals: false })) console.log(batch.stream)
+  await c[Symbol.asyncDispose]()
+  try {
+    await c.run(() => {})
+  } catch (e) {
+    if (e instanceof LeaseLostError) {
+      const code: 'lease_lost' = e.code
+      const grpc: string | null = e.grpcCode
+      const again: boolean = e.retryable
+      console.log(code, grpc, again)
+    }
+  }
+  setLogger(console)
+  setLogger(console, { level: 'debug' })
+  setLogger((event) => console.log(event.level, event.message, event.fields.shard))
+  const batch = makeBatch(['a', Buffer.from('b')], { shardId: 'shardId-1', firstSequence: 5n })
+  const run = await runHandler(hooked, [batch, makeBatch([makeRecord('c')])], { stopReason: 'rebalanced' })
+  console.log(run.checkpoints.length, batch.checkpoints)
+}
+void idioms
+
+// @ts-expect-error: hooks get a Shard, not a string
+const badHooks: HandlerObject = { handle() {}, shardStarted: (shard: number) => shard }
+void badHooks
+// @ts-expect-error: not a log level
+setLogger(console, { level: 'verbose' })

@@ -72,7 +72,7 @@ impl std::error::Error for HandlerRaised {}
 /// The Python exception for a client error, with its details as attributes.
 pub(crate) fn to_py_err(py: Python<'_>, error: Error) -> PyErr {
     let class = match error.kind() {
-        ErrorKind::Connection => "ConnectionError",
+        ErrorKind::Connection => "ButlerConnectionError",
         ErrorKind::LeaseLost => "LeaseLostError",
         ErrorKind::Handler => "HandlerError",
         ErrorKind::InvalidArgument => "InvalidArgumentError",
@@ -86,6 +86,14 @@ pub(crate) fn to_py_err(py: Python<'_>, error: Error) -> PyErr {
     let set = |name: &str, v: Bound<'_, PyAny>| {
         let _ = value.setattr(name, v);
     };
+    // The one error model of both bindings: `code` (the client's stable kind),
+    // `grpc_code` (or None), `retryable`.
+    set("code", error.kind().as_str().into_pyobject(py).unwrap().into_any());
+    match error.grpc_code() {
+        Some(code) => set("grpc_code", code.into_pyobject(py).unwrap().into_any()),
+        None => set("grpc_code", py.None().into_bound(py)),
+    }
+    set("retryable", pyo3::types::PyBool::new(py, error.is_retryable()).to_owned().into_any());
     match &error {
         Error::Connection { endpoint, .. } => set("endpoint", endpoint.into_pyobject(py).unwrap().into_any()),
         Error::LeaseLost { stream, shard_id, epoch, .. } => {
@@ -101,8 +109,11 @@ pub(crate) fn to_py_err(py: Python<'_>, error: Error) -> PyErr {
                 err.set_cause(py, Some(raised.error.clone_ref(py)));
             }
         }
-        Error::Server { code, .. } => set("code", format!("{code:?}").into_pyobject(py).unwrap().into_any()),
-        Error::InvalidArgument(_) | Error::NotFound(_) | Error::Unauthenticated(_) | Error::Stopped => {}
+        Error::Server { .. }
+        | Error::InvalidArgument(_)
+        | Error::NotFound(_)
+        | Error::Unauthenticated(_)
+        | Error::Stopped => {}
     }
     err
 }

@@ -30,7 +30,7 @@ mod options;
 mod types;
 
 use errors::{invalid_argument_error, to_py_err};
-use handler::PyHandler;
+use handler::{Callables, PyHandler};
 use options::{type_name, Kwargs};
 
 /// The process's Tokio runtime (shared with `pyo3-async-runtimes`).
@@ -70,15 +70,26 @@ fn stream_names(streams: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
     Ok(names)
 }
 
-fn check_callable(handler: &Bound<'_, PyAny>) -> PyResult<()> {
-    if handler.is_callable() {
-        Ok(())
-    } else {
-        Err(PyTypeError::new_err(format!(
-            "handler must be callable (a function or an async def taking a Batch), not {}",
+/// The handler's callables: the object itself when callable (else its `handle`
+/// method), and its `shard_started` / `shard_stopped` methods when it has them.
+fn callables(handler: &Bound<'_, PyAny>) -> PyResult<Callables> {
+    let method = |name: &str| -> PyResult<Option<Py<PyAny>>> {
+        match handler.getattr(name) {
+            Ok(m) if m.is_callable() => Ok(Some(m.unbind())),
+            Ok(m) if !m.is_none() => {
+                Err(PyTypeError::new_err(format!("handler.{name} must be callable, not {}", type_name(&m))))
+            }
+            _ => Ok(None),
+        }
+    };
+    let handle = if handler.is_callable() { Some(handler.clone().unbind()) } else { method("handle")? };
+    let Some(handle) = handle else {
+        return Err(PyTypeError::new_err(format!(
+            "handler must be callable (a function or an async def taking a Batch) or an object with a handle(batch) method, not {}",
             type_name(handler)
-        )))
-    }
+        )));
+    };
+    Ok(Callables { handle, shard_started: method("shard_started")?, shard_stopped: method("shard_stopped")? })
 }
 
 #[pymethods]
@@ -98,15 +109,15 @@ impl PyConsumer {
     #[allow(clippy::too_many_arguments)]
     fn new<'py>(
         py: Python<'py>,
-        endpoint: String,
+        endpoint: Option<String>,
         app: String,
         streams: &Bound<'py, PyAny>,
         client_name: Option<String>,
         auth_token: Option<String>,
-        tls_ca_certificate_pem: Option<String>,
+        tls_ca_certificate_pem: Option<Bound<'py, PyAny>>,
         tls_domain_name: Option<String>,
-        tls_client_certificate_pem: Option<String>,
-        tls_client_key_pem: Option<String>,
+        tls_client_certificate_pem: Option<Bound<'py, PyAny>>,
+        tls_client_key_pem: Option<Bound<'py, PyAny>>,
         start: Option<Bound<'py, PyAny>>,
         max_records_per_batch: Option<Bound<'py, PyAny>>,
         checkpoint: Option<String>,
@@ -131,6 +142,7 @@ impl PyConsumer {
         parallelization_factor: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Self> {
         let streams = stream_names(streams)?;
+        let endpoint = kb::endpoint_or_env(endpoint).map_err(|e| invalid_argument_error(py, e))?;
         let options = Kwargs {
             client_name,
             auth_token,
@@ -210,9 +222,9 @@ impl PyConsumer {
     /// Returns normally after a stop by `stop()` or Ctrl-C; re-raises any other exception a
     /// signal handler raised (e.g. `SystemExit`) once stopped.
     fn _run_blocking(&self, py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<()> {
-        check_callable(&handler)?;
+        let handler = Arc::new(PyHandler::new(callables(&handler)?, None));
+        logging::follow_python_level(py);
         let consumer = self.inner.clone();
-        let handler = Arc::new(PyHandler::new(handler.unbind(), None));
         let mut task = runtime().spawn(async move { consumer.run_shared(handler).await });
         let mut pending_signal: Option<PyErr> = None;
         loop {
@@ -248,10 +260,10 @@ impl PyConsumer {
     /// loop; returns an asyncio future of the run. Cancelling that future drops the run
     /// at once (`run_async` stops gracefully first).
     fn _run_async<'py>(&self, py: Python<'py>, handler: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        check_callable(&handler)?;
         let locals = pyo3_async_runtimes::tokio::get_current_locals(py)?;
+        let handler = Arc::new(PyHandler::new(callables(&handler)?, Some(locals)));
+        logging::follow_python_level(py);
         let consumer = self.inner.clone();
-        let handler = Arc::new(PyHandler::new(handler.unbind(), Some(locals)));
         attach::spawn_for_loop(py, async move { consumer.run_shared(handler).await })
     }
 
@@ -266,7 +278,7 @@ mod native {
     #[pymodule_export]
     use super::attach::quiesce;
     #[pymodule_export]
-    use super::types::{PyBatch, PyRecord};
+    use super::types::{PyBatch, PyRecord, PyShard};
     #[pymodule_export]
     use super::PyConsumer;
 

@@ -13,10 +13,10 @@ use crate::errors::invalid_argument_error;
 pub(crate) struct Kwargs<'py> {
     pub client_name: Option<String>,
     pub auth_token: Option<String>,
-    pub tls_ca_certificate_pem: Option<String>,
+    pub tls_ca_certificate_pem: Option<Bound<'py, PyAny>>,
     pub tls_domain_name: Option<String>,
-    pub tls_client_certificate_pem: Option<String>,
-    pub tls_client_key_pem: Option<String>,
+    pub tls_client_certificate_pem: Option<Bound<'py, PyAny>>,
+    pub tls_client_key_pem: Option<Bound<'py, PyAny>>,
     pub start: Option<Bound<'py, PyAny>>,
     pub max_records_per_batch: Option<Bound<'py, PyAny>>,
     pub checkpoint: Option<String>,
@@ -46,10 +46,10 @@ impl<'py> Kwargs<'py> {
     /// ([`kb::RawOptions::into_options`], options named in snake_case).
     pub(crate) fn into_options(self, py: Python<'py>) -> PyResult<kb::ConsumerOptions> {
         let tls = kb::TlsOptions {
-            ca_certificate_pem: self.tls_ca_certificate_pem,
+            ca_certificate_pem: pem(py, "tls_ca_certificate_pem", self.tls_ca_certificate_pem)?,
             domain_name: self.tls_domain_name,
-            client_certificate_pem: self.tls_client_certificate_pem,
-            client_key_pem: self.tls_client_key_pem,
+            client_certificate_pem: pem(py, "tls_client_certificate_pem", self.tls_client_certificate_pem)?,
+            client_key_pem: pem(py, "tls_client_key_pem", self.tls_client_key_pem)?,
         };
         let (start, start_timestamp_ms) = match &self.start {
             Some(value) => start_position(py, value)?,
@@ -60,7 +60,7 @@ impl<'py> Kwargs<'py> {
             |name: &str, value: &Option<Bound<'py, PyAny>>| value.as_ref().map(|v| seconds(py, name, v)).transpose();
         let raw = kb::RawOptions {
             client_name: Some(self.client_name.unwrap_or_else(|| format!("python-{}", std::process::id()))),
-            auth_token: self.auth_token,
+            auth_token: kb::token_or_env(self.auth_token),
             tls: (tls != kb::TlsOptions::default()).then_some(tls),
             start,
             start_timestamp_ms,
@@ -109,6 +109,31 @@ fn on_failure_name(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<String>>
             ))),
         },
     }
+}
+
+/// TLS material as given: `str` (PEM text, or else a file path), `bytes` (the contents)
+/// or an `os.PathLike` (a file); the rule is the client's (`kb::resolve_pem`).
+fn pem(py: Python<'_>, name: &str, value: Option<Bound<'_, PyAny>>) -> PyResult<Option<String>> {
+    let Some(value) = value.filter(|v| !v.is_none()) else {
+        return Ok(None);
+    };
+    let source = if let Ok(text) = value.cast::<PyString>() {
+        kb::PemSource::Text(text.to_cow()?.into_owned())
+    } else if let Ok(bytes) = value.cast::<pyo3::types::PyBytes>() {
+        kb::PemSource::Contents(bytes.as_bytes().to_vec())
+    } else if value.hasattr("__fspath__")? {
+        let path = py.import("os")?.call_method1("fspath", (&value,))?;
+        match path.cast::<PyString>() {
+            Ok(p) => kb::PemSource::Path(p.to_cow()?.into_owned()),
+            Err(_) => kb::PemSource::Path(path.str()?.to_cow()?.into_owned()),
+        }
+    } else {
+        return Err(PyTypeError::new_err(format!(
+            "{name} must be PEM text, a file path (str or os.PathLike) or bytes, not {}",
+            type_name(&value)
+        )));
+    };
+    kb::resolve_pem(name, source).map(Some).map_err(|e| invalid_argument_error(py, e))
 }
 
 /// `"trim_horizon"`, `"latest"` (by name) or a `datetime` (in milliseconds since the epoch).

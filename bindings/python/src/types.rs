@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyList};
 
-use crate::errors::{invalid_argument, to_py_err};
+use crate::errors::to_py_err;
 use crate::runtime;
 
 /// One Kinesis record (a view into its batch: nothing is copied until read).
@@ -127,7 +127,7 @@ impl PyBatch {
     }
 
     /// Where a checkpoint goes: the record given (of this shard) or the batch's end.
-    fn target(&self, py: Python<'_>, record: Option<&Bound<'_, PyAny>>) -> PyResult<Option<(String, u64)>> {
+    fn target(&self, record: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Target>> {
         let Some(record) = record.filter(|r| !r.is_none()) else {
             return Ok(None);
         };
@@ -138,27 +138,77 @@ impl PyBatch {
             ))
         })?;
         let record = record.get();
-        if *record.shard_id != *self.batch.shard_id() || *record.stream != *self.batch.stream() {
-            return Err(invalid_argument(
-                py,
-                format!(
-                    "the record is from shard {}/{}, not {}/{}",
-                    &*record.stream,
-                    &*record.shard_id,
-                    self.batch.stream(),
-                    self.batch.shard_id()
-                ),
-            ));
-        }
         let r = record.get();
-        Ok(Some((r.sequence_number.clone(), r.sub_sequence_number)))
+        Ok(Some(Target {
+            stream: record.stream.to_string(),
+            shard_id: record.shard_id.to_string(),
+            sequence: r.sequence_number.clone(),
+            sub_sequence: r.sub_sequence_number,
+        }))
     }
 }
 
-async fn store(checkpointer: kb::Checkpointer, target: Option<(String, u64)>) -> Result<(), kb::Error> {
+/// A record to checkpoint at, with the shard it came from (the client refuses a record
+/// of another shard, and a position it never delivered).
+pub(crate) struct Target {
+    stream: String,
+    shard_id: String,
+    sequence: String,
+    sub_sequence: u64,
+}
+
+async fn store(checkpointer: kb::Checkpointer, target: Option<Target>) -> Result<(), kb::Error> {
     match target {
         None => checkpointer.checkpoint().await,
-        Some((sequence, sub)) => checkpointer.checkpoint_sequence(&sequence, sub).await,
+        Some(t) => checkpointer.checkpoint_record_of(&t.stream, &t.shard_id, &t.sequence, t.sub_sequence).await,
+    }
+}
+
+/// A shard as this consumer holds it (given to the `shard_started` / `shard_stopped`
+/// hooks of a handler object).
+#[pyclass(frozen, module = "kinesis_butler", name = "Shard")]
+pub(crate) struct PyShard {
+    shard: kb::ShardInfo,
+}
+
+impl From<kb::ShardInfo> for PyShard {
+    fn from(shard: kb::ShardInfo) -> Self {
+        Self { shard }
+    }
+}
+
+#[pymethods]
+impl PyShard {
+    /// Stream name.
+    #[getter]
+    fn stream(&self) -> &str {
+        &self.shard.stream
+    }
+
+    /// Shard id.
+    #[getter]
+    fn shard_id(&self) -> &str {
+        &self.shard.shard_id
+    }
+
+    /// The lease epoch (fencing token) this consumer holds the shard at.
+    #[getter]
+    fn lease_epoch(&self) -> u64 {
+        self.shard.lease_epoch
+    }
+
+    /// The stored checkpoint reading started after (a sequence number, `SHARD_END`, or
+    /// empty when there was none).
+    #[getter]
+    fn checkpoint(&self) -> &str {
+        &self.shard.checkpoint
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Shard(stream={:?}, shard_id={:?}, lease_epoch={})",
+            self.shard.stream, self.shard.shard_id, self.shard.lease_epoch
+        )
     }
 }
 
@@ -205,7 +255,7 @@ impl PyBatch {
     /// an `async def` handler).
     #[pyo3(signature = (record=None))]
     fn checkpoint(&self, py: Python<'_>, record: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        let target = self.target(py, record)?;
+        let target = self.target(record)?;
         let checkpointer = self.batch.checkpointer().clone();
         let result = py.detach(|| runtime().block_on(store(checkpointer, target)));
         result.map_err(|e| to_py_err(py, e))
@@ -218,7 +268,7 @@ impl PyBatch {
         py: Python<'py>,
         record: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let target = self.target(py, record)?;
+        let target = self.target(record)?;
         let checkpointer = self.batch.checkpointer().clone();
         crate::attach::spawn_for_loop(py, store(checkpointer, target))
     }

@@ -95,8 +95,16 @@ def test_two_processes_split_the_shards_and_one_takes_over_when_the_other_dies(s
             second.kill()
 
 
-@pytest.mark.parametrize("style", ["function", "async_def"])
-def test_ctrl_c_stops_cleanly_with_a_final_checkpoint(server, make_stream, style):
+@pytest.mark.parametrize(
+    "style,signum",
+    [
+        ("function", signal.SIGINT),
+        ("async_def", signal.SIGINT),
+        ("function", signal.SIGTERM),
+        ("async_def", signal.SIGTERM),
+    ],
+)
+def test_ctrl_c_or_sigterm_stops_cleanly_with_a_final_checkpoint(server, make_stream, style, signum):
     stream = make_stream(2)
     stream.put_records(100)
     app = unique("app")
@@ -105,7 +113,7 @@ def test_ctrl_c_stops_cleanly_with_a_final_checkpoint(server, make_stream, style
     worker = Worker(server.endpoint, app, stream.name, *args)
     try:
         worker.wait_for(lambda w: len(w.records()) >= 100, 60, "the worker to read every record")
-        worker.process.send_signal(signal.SIGINT)
+        worker.process.send_signal(signum)
         assert worker.wait_exit(30) == 0, worker.stderr.decode()
         assert worker.lines[-1] == {"event": "stopped", "stopped": True}
         assert b"Traceback" not in worker.stderr
@@ -113,6 +121,7 @@ def test_ctrl_c_stops_cleanly_with_a_final_checkpoint(server, make_stream, style
         worker.kill()
     state = server.leases(app, stream.name)
     assert state["sessions"] == []
+    assert [lease["owner"] for lease in state["leases"]] == ["", ""], "the leases were released"
     checkpoints = {lease["shard_id"]: lease["checkpoint"] for lease in state["leases"]}
     assert checkpoints == {shard: puts[-1][0] for shard, puts in stream.put.items()}
 

@@ -42,6 +42,9 @@ pub(crate) struct ShardLease {
     shard: Arc<ShardInfo>,
     request_timeout: Duration,
     progress: Mutex<Progress>,
+    /// The last record delivered to the handler under this lease: checkpoints past it
+    /// are refused (they would skip records nobody handled).
+    delivered: Mutex<Option<Position>>,
     /// Serialises checkpoint calls so that they reach the server in order.
     calls: tokio::sync::Mutex<()>,
     /// Released or ended by this consumer: later checkpoints would fail anyway.
@@ -65,6 +68,7 @@ impl ShardLease {
             shard,
             request_timeout,
             progress: Mutex::new(Progress::new()),
+            delivered: Mutex::new(None),
             calls: tokio::sync::Mutex::new(()),
             finished: AtomicBool::new(false),
             stats: None,
@@ -85,6 +89,31 @@ impl ShardLease {
     /// The shard's progress.
     pub(crate) fn progress(&self) -> MutexGuard<'_, Progress> {
         self.progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A batch ending at `end` was handed to the handler.
+    pub(crate) fn delivered(&self, end: &Position) {
+        let mut delivered = self.delivered.lock().unwrap_or_else(|e| e.into_inner());
+        if delivered.as_ref().is_none_or(|d| d < end) {
+            *delivered = Some(end.clone());
+        }
+    }
+
+    /// Refuses a position this lease never delivered.
+    fn check_delivered(&self, at: &Position) -> Result<(), Error> {
+        let delivered = self.delivered.lock().unwrap_or_else(|e| e.into_inner());
+        match delivered.as_ref() {
+            Some(end) if at <= end => Ok(()),
+            _ => Err(Error::InvalidArgument(format!(
+                "sequence number {} (sub-sequence {}) was not delivered to this consumer for shard {} of stream {} \
+                 (delivered up to {}): a checkpoint there would skip records nobody handled",
+                at.sequence,
+                at.sub_sequence,
+                self.shard.shard_id,
+                self.shard.stream,
+                delivered.as_ref().map_or("nothing", |d| d.sequence.as_str()),
+            ))),
+        }
     }
 
     /// Stores `target` (unless it is already stored) and, with `release`, gives the
@@ -193,7 +222,9 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
+    /// The checkpointer of a batch ending at `batch_end`, delivered under `lease`.
     pub(crate) fn new(lease: Arc<ShardLease>, batch_end: Position) -> Self {
+        lease.delivered(&batch_end);
         Self { lease, batch_end }
     }
 
@@ -215,7 +246,9 @@ impl Checkpointer {
         self.checkpoint_sequence(&record.sequence_number, record.sub_sequence_number).await
     }
 
-    /// Checkpoints up to and including the record with this sequence number.
+    /// Checkpoints up to and including the record with this sequence number (a record
+    /// this lease delivered: a position past the last delivered record is refused with
+    /// [`crate::ErrorKind::InvalidArgument`]).
     pub async fn checkpoint_sequence(&self, sequence_number: &str, sub_sequence_number: u64) -> Result<(), Error> {
         if sequence_number.is_empty() || !sequence_number.bytes().all(|b| b.is_ascii_digit()) {
             return Err(Error::InvalidArgument(format!(
@@ -223,7 +256,29 @@ impl Checkpointer {
             )));
         }
         let at = Position { sequence: sequence_number.to_owned(), sub_sequence: sub_sequence_number };
+        self.lease.check_delivered(&at)?;
         self.lease.store(Target::At(at), false).await
+    }
+
+    /// [`Checkpointer::checkpoint_sequence`] for a record that names its shard (as the
+    /// bindings' records do): a record of another shard (or stream) is refused with
+    /// [`crate::ErrorKind::InvalidArgument`] before anything is sent.
+    pub async fn checkpoint_record_of(
+        &self,
+        stream: &str,
+        shard_id: &str,
+        sequence_number: &str,
+        sub_sequence_number: u64,
+    ) -> Result<(), Error> {
+        let shard = self.lease.shard();
+        if stream != shard.stream || shard_id != shard.shard_id {
+            return Err(Error::InvalidArgument(format!(
+                "the record is from shard {shard_id} of stream {stream}, not {} of {}: \
+                 a batch checkpoints only records of its own shard",
+                shard.shard_id, shard.stream
+            )));
+        }
+        self.checkpoint_sequence(sequence_number, sub_sequence_number).await
     }
 }
 
@@ -334,5 +389,26 @@ mod tests {
         checkpointer.checkpoint_sequence("7", 1).await.expect("behind the batch end: no call");
         assert_eq!(stored(&butler), vec![("shard-1".to_owned(), 7, "42".to_owned(), false, false)]);
         assert_eq!(checkpointer.shard().shard_id, "shard-1");
+    }
+
+    #[tokio::test]
+    async fn a_checkpointer_refuses_positions_never_delivered_and_records_of_other_shards() {
+        let butler = ScriptedButler::new();
+        let lease = lease(&butler);
+        let first = Checkpointer::new(lease.clone(), pos("42"));
+        for (seq, sub) in [("43", 0), ("42", 1), ("1000", 0)] {
+            let err = first.checkpoint_sequence(seq, sub).await.expect_err("past the delivered records");
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        }
+        let err = first.checkpoint_record_of("s", "shard-2", "10", 0).await.expect_err("another shard");
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        assert!(err.to_string().contains("shard-2"), "{err}");
+        let err = first.checkpoint_record_of("other", "shard-1", "10", 0).await.expect_err("another stream");
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        assert!(butler.checkpoints().is_empty(), "nothing refused reached the server");
+        // A later batch's delivery widens what the lease can checkpoint, from any of its checkpointers.
+        let _second = Checkpointer::new(lease, pos("50"));
+        first.checkpoint_record_of("s", "shard-1", "45", 0).await.unwrap();
+        assert_eq!(stored(&butler), vec![("shard-1".to_owned(), 7, "45".to_owned(), false, false)]);
     }
 }

@@ -115,7 +115,8 @@ impl Consumer {
     /// fails: a handler error with [`crate::FailurePolicy::Stop`], a stream that does
     /// not exist, invalid settings, or too many failed connections
     /// (`max_initial_connect_attempts` before the first session, `max_reconnect_attempts` after).
-    /// Connection losses are otherwise retried forever, with backoff.
+    /// Connection losses are otherwise retried forever, with backoff. A consumer that
+    /// was stopped before `run` fails at once with [`crate::ErrorKind::Stopped`].
     pub async fn run(&self, handler: impl Handler) -> Result<(), Error> {
         self.run_shared(Arc::new(handler)).await
     }
@@ -126,6 +127,11 @@ impl Consumer {
             return Err(Error::InvalidArgument("this consumer is already running".into()));
         }
         let _running = RunningGuard(&self.running);
+        if self.stop.is_cancelled() {
+            // A stopped consumer stays stopped: running it again would return at once
+            // and silently handle nothing.
+            return Err(Error::Stopped);
+        }
         let shared = Arc::new(Shared {
             target: self.target.clone(),
             app: self.app.clone(),
@@ -273,11 +279,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_stopped_consumer_returns_at_once_and_an_unreachable_server_is_retried_then_reported() {
+    async fn a_stopped_consumer_refuses_to_run_and_an_unreachable_server_is_retried_then_reported() {
         let consumer = Consumer::new("http://127.0.0.1:50051", "app", ["s"], ConsumerOptions::default()).unwrap();
         consumer.stop();
         let handler = |_batch: crate::Batch| async { Ok::<(), crate::HandlerError>(()) };
-        assert!(consumer.run(handler).await.is_ok(), "stopped before it ran");
+        let err = consumer.run(handler).await.expect_err("stopped before it ran");
+        assert_eq!(err.kind(), ErrorKind::Stopped, "{err}");
+        assert!(err.to_string().contains("create a new one"), "{err}");
 
         // A port nobody listens on: two attempts, then the connection error.
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

@@ -51,7 +51,7 @@ pub enum Error {
     #[error("the server refused the credentials: {0}")]
     Unauthenticated(String),
     /// The consumer was stopped while the operation waited.
-    #[error("the consumer is stopped")]
+    #[error("the consumer is stopped (a stopped consumer does not run again: create a new one)")]
     Stopped,
     /// Any other answer of the server.
     #[error("the server answered {code:?}: {message}")]
@@ -135,6 +135,30 @@ impl Error {
         }
     }
 
+    /// The gRPC status code name behind this error (`"UNAVAILABLE"`, `"NOT_FOUND"`…),
+    /// when a status is behind it: for [`Error::Server`] its code; for the kinds that map
+    /// one code, that code. `None` for [`Error::Connection`] and [`Error::LeaseLost`]
+    /// (several causes), [`Error::Handler`] and [`Error::Stopped`].
+    pub fn grpc_code(&self) -> Option<&'static str> {
+        Some(match self {
+            Error::Server { code, .. } => code_name(*code),
+            Error::InvalidArgument(_) => "INVALID_ARGUMENT",
+            Error::NotFound(_) => "NOT_FOUND",
+            Error::Unauthenticated(_) => "UNAUTHENTICATED",
+            Error::Connection { .. } | Error::LeaseLost { .. } | Error::Handler { .. } | Error::Stopped => return None,
+        })
+    }
+
+    /// Whether trying the same operation again later may succeed (a connection loss, a
+    /// transient server answer); bindings expose it as `retryable`.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Connection { .. } => true,
+            Error::Server { code, .. } => is_transient(*code),
+            _ => false,
+        }
+    }
+
     /// Whether a reconnect cannot help.
     pub(crate) fn is_permanent(&self) -> bool {
         matches!(
@@ -148,6 +172,30 @@ impl Error {
 pub(crate) fn is_transient(code: tonic::Code) -> bool {
     use tonic::Code::*;
     matches!(code, Unavailable | Unknown | DeadlineExceeded | ResourceExhausted | Aborted | Internal | Cancelled)
+}
+
+/// The canonical upper-case name of a gRPC code.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
 }
 
 /// A status in one line, including its transport cause when there is one.
@@ -246,6 +294,19 @@ mod tests {
         assert!(Error::from_status("x", &tonic::Status::not_found("")).is_permanent());
         assert!(!Error::from_status("x", &tonic::Status::unavailable("")).is_permanent());
         assert_eq!(ErrorKind::LeaseLost.to_string(), "lease_lost");
+    }
+
+    #[test]
+    fn errors_name_their_grpc_code_and_whether_a_retry_may_help() {
+        let server = |code| Error::Server { code, message: String::new() };
+        assert_eq!(server(tonic::Code::Unimplemented).grpc_code(), Some("UNIMPLEMENTED"));
+        assert!(!server(tonic::Code::Unimplemented).is_retryable());
+        assert!(server(tonic::Code::Unavailable).is_retryable());
+        assert_eq!(Error::NotFound("x".into()).grpc_code(), Some("NOT_FOUND"));
+        assert!(!Error::NotFound("x".into()).is_retryable());
+        let connection = Error::Connection { endpoint: "e".into(), message: "m".into() };
+        assert_eq!((connection.grpc_code(), connection.is_retryable()), (None, true));
+        assert_eq!((Error::Stopped.grpc_code(), Error::Stopped.is_retryable()), (None, false));
     }
 
     #[test]

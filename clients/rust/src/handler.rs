@@ -77,6 +77,24 @@ pub enum StopReason {
     HandlerFailed,
 }
 
+impl StopReason {
+    /// A short snake_case name, stable across versions (what the bindings pass to their
+    /// `shard_stopped` hooks): `rebalanced`, `server_shutdown`, `lease_lost`, `ended`,
+    /// `released`, `consumer_stopped`, `disconnected`, `handler_failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Rebalanced => "rebalanced",
+            StopReason::ServerShutdown => "server_shutdown",
+            StopReason::LeaseLost => "lease_lost",
+            StopReason::Ended => "ended",
+            StopReason::Released => "released",
+            StopReason::ConsumerStopped => "consumer_stopped",
+            StopReason::Disconnected => "disconnected",
+            StopReason::HandlerFailed => "handler_failed",
+        }
+    }
+}
+
 /// Records of one shard, in sequence order, following the previous batch of the shard.
 ///
 /// Cheap to clone (the records are shared).
@@ -177,13 +195,15 @@ pub trait Handler: Send + Sync + 'static {
         Box::pin(async {})
     }
 
-    /// Called after the last batch of a shard this consumer gives up, once its final
-    /// checkpoint (if any) is stored. Only for shards [`Handler::shard_started`] was
-    /// called for.
+    /// Called after the last batch of a shard this consumer gives up, and awaited
+    /// **before** its final checkpoint and release: the shard is still held, so the
+    /// handler can flush per-shard state (and checkpoint it through a kept
+    /// [`Batch::checkpointer`]) before the next owner starts. Only for shards
+    /// [`Handler::shard_started`] was called for. `reason` is why work on the shard
+    /// ends; if the final checkpoint is then refused, the lease was lost after all.
     ///
     /// Hooks of one shard lease are ordered (start, batches, stop), but hooks of
-    /// different shards are not ordered among themselves: once a final checkpoint is
-    /// stored, the next owner (or a child shard) may start before this call.
+    /// different shards are not ordered among themselves.
     fn shard_stopped(&self, shard: &ShardInfo, reason: StopReason) -> BoxFuture<'static, ()> {
         let _ = (shard, reason);
         Box::pin(async {})

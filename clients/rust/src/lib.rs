@@ -137,6 +137,7 @@ mod checkpointer;
 mod connection;
 mod consumer;
 mod dead_letter;
+mod defaults;
 mod error;
 mod failure;
 mod handler;
@@ -159,9 +160,10 @@ pub use bytes::Bytes;
 pub use checkpointer::Checkpointer;
 pub use consumer::Consumer;
 pub use dead_letter::{DeadLetter, DeadLetterCallback, DeadLetterEntry, DeadLetterTarget, GiveUpReason};
+pub use defaults::{endpoint_or_env, resolve_pem, token_or_env, PemSource, ENDPOINT_ENV, TOKEN_ENV};
 pub use error::{Error, ErrorKind, HandlerError};
 pub use handler::{Batch, Handler, Record, ShardInfo, StopReason};
-pub use log_forward::forward_logs;
+pub use log_forward::{forward_log_events, forward_logs, set_log_level, LogEvent};
 pub use options::{
     BackoffSettings, CheckpointPolicy, ConsumerOptions, FailurePolicy, RawOptions, StartPosition, TlsOptions,
     UnknownValue,

@@ -289,6 +289,7 @@ impl Router<'_> {
             dead_letter: self.shared.dead_letter.clone(),
             expire: self.shared.expire.clone(),
             reporter: ExitReporter::new(self.exits.clone(), shard.clone()),
+            stop_hook_due: false,
         };
         let span = info_span!("shard", stream = %shard.stream, shard = %shard.shard_id, epoch = shard.lease_epoch);
         workers.spawn(worker.run().instrument(span));

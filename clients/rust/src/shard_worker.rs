@@ -122,6 +122,9 @@ pub(crate) struct ShardWorker {
     pub dead_letter: Option<Arc<dyn DeadLetter>>,
     /// Cancelled at the shutdown deadline: calls in hand are cancelled.
     pub expire: CancellationToken,
+    /// `shard_started` ran and `shard_stopped` has not yet: it runs before the final
+    /// checkpoint and release, so that the handler can flush per-shard state first.
+    pub stop_hook_due: bool,
 }
 
 type Exit = (StopReason, Option<Error>);
@@ -141,11 +144,20 @@ impl ShardWorker {
         };
         info!(checkpoint = %shard.checkpoint, "shard started");
         guarded_hook(|| self.handler.shard_started(&shard), "shard_started").await;
+        self.stop_hook_due = true;
         let (reason, error) = self.process().await;
         info!(?reason, "shard stopped");
-        guarded_hook(|| self.handler.shard_stopped(&shard, reason), "shard_stopped").await;
+        self.stop_hook(reason).await;
         drop(turn);
         self.exit(reason, error);
+    }
+
+    /// Runs `shard_stopped` once, if `shard_started` ran.
+    async fn stop_hook(&mut self, reason: StopReason) {
+        if std::mem::take(&mut self.stop_hook_due) {
+            let shard = self.lease.shard().clone();
+            guarded_hook(|| self.handler.shard_stopped(&shard, reason), "shard_stopped").await;
+        }
     }
 
     fn exit(self, reason: StopReason, error: Option<Error>) {
@@ -382,6 +394,7 @@ impl ShardWorker {
 
     /// The last word on the shard for `reason`: checkpoint and release as it requires.
     async fn finish(&mut self, reason: StopReason, error: Option<Error>) -> Exit {
+        self.stop_hook(reason).await;
         let handled = match self.options.checkpoint {
             CheckpointPolicy::Manual => Target::Nothing,
             _ => Target::Handled,
@@ -473,6 +486,7 @@ async fn guarded_hook(hook: impl FnOnce() -> futures::future::BoxFuture<'static,
 mod tests {
     use super::*;
     use crate::connection;
+    use crate::handler::Batch;
     use crate::options::BackoffSettings;
     use crate::scripted::ScriptedButler;
     use crate::test_support::{batch, short, wait_calls, Call, Recording};
@@ -518,6 +532,7 @@ mod tests {
             stats: Arc::default(),
             dead_letter: None,
             expire: CancellationToken::new(),
+            stop_hook_due: false,
         };
         (Rig { butler, queue: queue_tx, control: control_tx, exits, calls, changed, gate }, worker)
     }
@@ -604,6 +619,41 @@ mod tests {
         let exit = rig.exit().await;
         assert_eq!(exit.reason, StopReason::Rebalanced);
         assert_eq!(rig.batches(), vec![(1, seqs(&["1"]))], "the queued batch is dropped");
+        assert_eq!(rig.stored(), vec![("1".into(), false, false), ("".into(), false, true)]);
+    }
+
+    /// Checkpoints as `short` gives them: (shard, epoch, sequence, shard end, release).
+    type Stored = Vec<(String, u64, String, bool, bool)>;
+
+    /// Records what the store held when `shard_stopped` ran.
+    struct StopProbe {
+        butler: ScriptedButler,
+        seen: Arc<Mutex<Option<Stored>>>,
+    }
+
+    impl Handler for StopProbe {
+        fn handle(&self, _batch: Batch) -> futures::future::BoxFuture<'static, Result<(), HandlerError>> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn shard_stopped(&self, _shard: &ShardInfo, _reason: StopReason) -> futures::future::BoxFuture<'static, ()> {
+            *self.seen.lock().unwrap() = Some(self.butler.checkpoints().iter().map(short).collect());
+            Box::pin(async {})
+        }
+    }
+
+    #[tokio::test]
+    async fn shard_stopped_runs_before_the_final_checkpoint_and_release() {
+        let (mut rig, mut worker) = make_rig(options(), 0);
+        let seen = Arc::new(Mutex::new(None));
+        worker.handler = Arc::new(StopProbe { butler: rig.butler.clone(), seen: seen.clone() });
+        rig.queue.send(batch("s", "shard-1", 7, &["1"])).await.unwrap();
+        tokio::spawn(worker.run());
+        rig.butler.wait_checkpoints(1, 10).await;
+        rig.control.send_modify(|c| c.revoked = Some(StopReason::Rebalanced));
+        assert_eq!(rig.exit().await.reason, StopReason::Rebalanced);
+        let at_hook = seen.lock().unwrap().clone().expect("shard_stopped ran");
+        assert_eq!(at_hook, vec![("shard-1".into(), 7, "1".into(), false, false)], "no release yet");
         assert_eq!(rig.stored(), vec![("1".into(), false, false), ("".into(), false, true)]);
     }
 

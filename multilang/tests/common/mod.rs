@@ -5,48 +5,21 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use kinesis_butler_proto as pb;
 use serde_json::Value;
 
+#[path = "../../../server/tests/common/basics.rs"]
+mod basics;
+pub use basics::{create_stream, eventually, free_port, seq_cmp, unique, within};
+
 pub fn kinesalite() -> String {
-    std::env::var("KB_KINESALITE_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4620".into())
-}
-
-/// Bounds a future; a hang fails the test with `what`.
-pub async fn within<T>(secs: u64, what: &str, f: impl Future<Output = T>) -> Result<T> {
-    tokio::time::timeout(Duration::from_secs(secs), f).await.with_context(|| format!("timed out after {secs}s: {what}"))
-}
-
-/// Polls `check` every 100 ms until it returns true (for state no event announces:
-/// log files, the lease store), bounded by `secs`.
-pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<bool>>,
-{
-    within(secs, what, async {
-        loop {
-            if check().await? {
-                return Ok::<_, anyhow::Error>(());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await?
-}
-
-pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    basics::Emulator::Kinesalite.endpoint()
 }
 
 fn repo_root() -> PathBuf {
@@ -78,23 +51,9 @@ pub fn aws_kcl() -> PathBuf {
     samples().join("node/node_modules/aws-kcl/samples/basic_sample/consumer")
 }
 
+/// A Kinesis client for kinesalite.
 pub fn kinesis_client() -> aws_sdk_kinesis::Client {
-    let config = aws_sdk_kinesis::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .endpoint_url(kinesalite())
-        .build();
-    aws_sdk_kinesis::Client::from_conf(config)
-}
-
-pub async fn create_stream(client: &aws_sdk_kinesis::Client, name: &str, shards: i32) -> Result<()> {
-    client.create_stream().stream_name(name).shard_count(shards).send().await.context("CreateStream (kinesalite)")?;
-    eventually(30, "stream to become ACTIVE", || async {
-        let d = client.describe_stream_summary().stream_name(name).send().await?;
-        Ok(d.stream_description_summary().map(|s| s.stream_status().as_str() == "ACTIVE").unwrap_or(false))
-    })
-    .await
+    basics::kinesis_client(basics::Emulator::Kinesalite)
 }
 
 /// Puts records `rec-<first+i>`; returns their sequence numbers by shard, in order.
@@ -104,41 +63,8 @@ pub async fn put_records(
     first: usize,
     count: usize,
 ) -> Result<BTreeMap<String, Vec<String>>> {
-    let mut by_shard: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut pending: Vec<usize> = (first..first + count).collect();
-    within(60, "putting records", async {
-        while !pending.is_empty() {
-            let chunk: Vec<usize> = pending.drain(..pending.len().min(500)).collect();
-            let entries = chunk
-                .iter()
-                .map(|i| {
-                    PutRecordsRequestEntry::builder()
-                        .partition_key(format!("pk-{i}"))
-                        .data(Blob::new(format!("rec-{i}")))
-                        .build()
-                        .expect("entry")
-                })
-                .collect::<Vec<_>>();
-            let out = client.put_records().stream_name(stream).set_records(Some(entries)).send().await?;
-            for (i, r) in chunk.iter().zip(out.records()) {
-                match (r.shard_id(), r.sequence_number()) {
-                    (Some(shard), Some(seq)) => by_shard.entry(shard.to_owned()).or_default().push(seq.to_owned()),
-                    _ => pending.push(*i),
-                }
-            }
-        }
-        Ok::<_, anyhow::Error>(())
-    })
-    .await??;
-    for seqs in by_shard.values_mut() {
-        seqs.sort_by(|a, b| seq_cmp(a, b));
-    }
-    Ok(by_shard)
-}
-
-pub fn seq_cmp(a: &str, b: &str) -> std::cmp::Ordering {
-    let (a, b) = (a.trim_start_matches('0'), b.trim_start_matches('0'));
-    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+    let puts = basics::put_records(client, stream, first, count).await?;
+    Ok(puts.into_iter().map(|(shard, puts)| (shard, puts.into_iter().map(|p| p.sequence_number).collect())).collect())
 }
 
 /// A process killed (SIGKILL) on drop.
@@ -191,10 +117,6 @@ impl Drop for Proc {
 
 pub fn signal(pid: u32, name: &str) {
     let _ = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 /// The `kinesis-butler` server binary: `KB_SERVER_BIN`, or next to this test's `deps/`

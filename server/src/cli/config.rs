@@ -96,6 +96,11 @@ pub struct ServeConfig {
     #[arg(long, env = "KINESIS_BUTLER_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
 
+    /// Benchmarks only: read an in-memory source of generated streams instead of Kinesis,
+    /// `NAME=SHARDS[xRECORDS[xBYTES]]`, several separated by commas.
+    #[arg(long, env = "KINESIS_BUTLER_MEMORY_SOURCE", hide = true)]
+    pub memory_source: Option<String>,
+
     /// Log format.
     #[arg(long, env = "KINESIS_BUTLER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -37,7 +37,16 @@ pub(crate) fn readable_shards(leases: &[Lease]) -> Vec<&Lease> {
 
 /// Plans acquisitions and handoff requests for `local` sessions, given the sessions
 /// judged alive (a lease is held while its owner is alive).
+#[cfg(test)]
 pub(crate) fn plan(leases: &[Lease], live: &HashSet<&str>, local: &[String]) -> Plan {
+    plan_from(leases, live, local, (0, 1))
+}
+
+/// [`plan`], taking free leases from the fraction `start` = (n, d) of the free ones onwards
+/// (wrapping round): instances that start together begin at different places (each at the
+/// share of live sessions on instances before it), so their acquisitions do not collide
+/// on the same first shards.
+pub(crate) fn plan_from(leases: &[Lease], live: &HashSet<&str>, local: &[String], start: (usize, usize)) -> Plan {
     let mut plan = Plan::default();
     let live: HashSet<&str> = live.iter().copied().chain(local.iter().map(String::as_str)).collect();
     if live.is_empty() || local.is_empty() {
@@ -52,7 +61,7 @@ pub(crate) fn plan(leases: &[Lease], live: &HashSet<&str>, local: &[String]) -> 
 
     // Projected holdings: leases held now, with pending handoffs counted at their target.
     let mut held: BTreeMap<&str, Vec<&Lease>> = live.iter().map(|s| (*s, Vec::new())).collect();
-    let mut free = Vec::new();
+    let mut free: Vec<&Lease> = Vec::new();
     for lease in &readable {
         let owner = lease.owner.as_deref().filter(|o| live.contains(o));
         match owner {
@@ -69,6 +78,10 @@ pub(crate) fn plan(leases: &[Lease], live: &HashSet<&str>, local: &[String]) -> 
     }
 
     // 1. Free leases go to local sessions below the upper target, least loaded first.
+    if !free.is_empty() {
+        let n = free.len();
+        free.rotate_left((n * start.0.min(start.1) / start.1.max(1)) % n);
+    }
     for lease in free {
         let Some(taker) = local
             .iter()
@@ -87,13 +100,22 @@ pub(crate) fn plan(leases: &[Lease], live: &HashSet<&str>, local: &[String]) -> 
     //    joined), one of those is redirected first: the shard has not moved yet, so the
     //    redirect costs nothing, where completing it would move the shard twice. A
     //    pending handoff is never redirected to the lease's own owner.
+    //    Per session, how many of its projected leases are a pending handoff towards it
+    //    from `owner` (only those are not movable to `owner`), kept as shards move.
+    let mut pending_from: BTreeMap<&str, BTreeMap<&str, usize>> = BTreeMap::new();
+    for (s, list) in &held {
+        for l in list.iter().filter(|l| moving(l)) {
+            *pending_from.entry(*s).or_default().entry(l.owner.as_deref().unwrap_or("")).or_default() += 1;
+        }
+    }
     while let Some(taker) =
         local.iter().filter(|s| held[s.as_str()].len() < upper).min_by_key(|s| (held[s.as_str()].len(), s.as_str()))
     {
         let movable = |l: &Lease| !moving(l) || l.owner.as_deref() != Some(taker.as_str());
+        let unmovable = |s: &str| pending_from.get(s).and_then(|m| m.get(taker.as_str())).copied().unwrap_or(0);
         let (donor, donor_count) = held
             .iter()
-            .map(|(s, l)| (*s, l.iter().filter(|l| movable(l)).count(), l.len()))
+            .map(|(s, l)| (*s, l.len() - unmovable(s), l.len()))
             .filter(|(s, movable, _)| *s != taker.as_str() && *movable > 0)
             .max_by_key(|(s, _, count)| (*count, std::cmp::Reverse(*s)))
             .map(|(s, _, count)| (s, count))
@@ -109,6 +131,13 @@ pub(crate) fn plan(leases: &[Lease], live: &HashSet<&str>, local: &[String]) -> 
             .or_else(|| list.iter().rposition(|l| !moving(l)))
             .expect("movable");
         let lease = list.remove(pos);
+        if moving(lease) {
+            let owner = lease.owner.as_deref().unwrap_or("");
+            if let Some(n) = pending_from.get_mut(donor).and_then(|m| m.get_mut(owner)) {
+                *n -= 1;
+            }
+            *pending_from.entry(taker.as_str()).or_default().entry(owner).or_default() += 1;
+        }
         plan.handoff.push((lease.shard_id.clone(), lease.epoch, taker.clone()));
         held.get_mut(taker.as_str()).expect("live").push(lease);
     }
@@ -254,5 +283,19 @@ mod tests {
         leases[0].checkpoint = Checkpoint::ShardEnd;
         let ids: Vec<_> = readable_shards(&leases).iter().map(|l| l.shard_id.clone()).collect();
         assert_eq!(ids, vec!["shard-0001", "shard-0002"]);
+    }
+
+    #[test]
+    fn instances_start_at_their_share_of_the_free_leases() {
+        let leases: Vec<Lease> = (0..9).map(|i| lease(i, None)).collect();
+        let all = sessions(&["a", "b", "c"]);
+        let first = |start| plan_from(&leases, &all, &["b".into()], start).acquire[0].0.clone();
+        assert_eq!(first((0, 3)), "shard-0000");
+        assert_eq!(first((1, 3)), "shard-0003");
+        assert_eq!(first((2, 3)), "shard-0006");
+        let p = plan_from(&leases, &all, &["c".into()], (2, 3));
+        let ids: Vec<&str> = p.acquire.iter().map(|a| a.0.as_str()).collect();
+        assert_eq!(ids, ["shard-0006", "shard-0007", "shard-0008"], "its upper share, from its place");
+        assert_eq!(plan_from(&leases, &all, &["c".into()], (7, 0)).acquire.len(), 3, "a bad fraction is harmless");
     }
 }

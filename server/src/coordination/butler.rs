@@ -281,15 +281,18 @@ impl Butler {
         };
         let key = GroupKey::new(&session.app, &req.stream);
         let releasing = req.release || req.shard_end;
-        let group = if releasing { self.groups.lock().expect("groups").get(&key).cloned() } else { None };
+        let group = self.groups.lock().expect("groups").get(&key).cloned();
         let started = std::time::Instant::now();
         let stored = match (&group, &checkpoint) {
             // The final checkpoint and the release in one conditional write.
-            (Some(group), cp) => group.release(&session.id, &req.shard_id, req.lease_epoch, cp.as_ref()).await,
-            (None, Some(cp)) => {
+            (Some(group), cp) if releasing => {
+                group.release(&session.id, &req.shard_id, req.lease_epoch, cp.as_ref()).await
+            }
+            (Some(group), Some(cp)) => group.checkpoint(&session.id, &req.shard_id, req.lease_epoch, cp).await,
+            (_, Some(cp)) => {
                 self.leases.checkpoint(&key, &req.shard_id, &session.id, req.lease_epoch, cp).await.map_err(Into::into)
             }
-            (None, None) => Ok(()),
+            (_, None) => Ok(()),
         };
         if checkpoint.is_some() {
             metrics::histogram!(m::CHECKPOINT_SECONDS).record(started.elapsed().as_secs_f64());

@@ -3,7 +3,7 @@
 //! run, and the time. The group worker ([`crate::coordination::group`]) performs the
 //! actions; nothing here touches the store, Kinesis or a clock.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -39,6 +39,9 @@ pub(crate) struct View<'a> {
     pub handoff_grace: Duration,
     /// Shutting down: take nothing, start nothing.
     pub draining: bool,
+    /// Where this instance starts among the free leases, as a fraction (see
+    /// [`balancer::plan_from`]).
+    pub free_start: (usize, usize),
 }
 
 /// Why a lease is released by the group itself (not by its client).
@@ -110,8 +113,10 @@ pub(crate) fn decide(view: &View<'_>) -> Vec<Action> {
     let plain: Vec<Lease> = view.leases.iter().map(|l| l.value.clone()).collect();
     if !view.draining {
         let live: HashSet<&str> = view.live.iter().map(String::as_str).collect();
-        let plan = balancer::plan(&plain, &live, view.local);
-        let by_shard = |shard: &str| view.leases.iter().find(|l| l.value.shard_id == shard).cloned();
+        let plan = balancer::plan_from(&plain, &live, view.local, view.free_start);
+        let index: HashMap<&str, &Versioned<Lease>> =
+            view.leases.iter().map(|l| (l.value.shard_id.as_str(), l)).collect();
+        let by_shard = |shard: &str| index.get(shard).map(|l| (*l).clone());
         for (shard, _, session) in plan.acquire {
             if let Some(lease) = by_shard(&shard) {
                 let owner_dead = lease.value.owner.is_some();
@@ -126,12 +131,14 @@ pub(crate) fn decide(view: &View<'_>) -> Vec<Action> {
     }
 
     let mut keep = HashSet::new();
+    let mut released = HashSet::new();
     for lease in view.leases.iter().map(|l| &l.value) {
         let Some(session) = owner_alive(lease, view.live).filter(|o| view.local.iter().any(|l| l == o)) else {
             continue;
         };
         let shard = lease.shard_id.as_str();
         if lease.is_finished() {
+            released.insert(lease.shard_id.as_str());
             actions.push(Action::Release {
                 shard: shard.to_owned(),
                 session: session.to_owned(),
@@ -148,6 +155,7 @@ pub(crate) fn decide(view: &View<'_>) -> Vec<Action> {
                 match r.revoked_at {
                     None if handoff_live => actions.push(Action::Revoke { shard: shard.to_owned() }),
                     Some(at) if view.now.saturating_duration_since(at) >= view.handoff_grace => {
+                        released.insert(shard);
                         actions.push(Action::Release {
                             shard: shard.to_owned(),
                             session: session.to_owned(),
@@ -169,12 +177,28 @@ pub(crate) fn decide(view: &View<'_>) -> Vec<Action> {
         }
     }
     for shard in view.readers.keys().filter(|s| !keep.contains(s.as_str())) {
-        let released = actions.iter().any(|a| matches!(a, Action::Release { shard: s, .. } if s == shard));
-        if !released {
+        if !released.contains(shard.as_str()) {
             actions.push(Action::Stop { shard: shard.clone() });
         }
     }
     actions
+}
+
+/// Where an instance starts among free leases: the share of live sessions on instances
+/// whose id sorts before its own, from the session records (instance id per session).
+pub(crate) fn free_start<'a>(
+    instance: &str,
+    sessions: impl IntoIterator<Item = (&'a str, &'a str)>,
+    live: &HashSet<String>,
+) -> (usize, usize) {
+    let (mut before, mut total) = (0, 0);
+    for (session, owner_instance) in sessions {
+        if live.contains(session) {
+            total += 1;
+            before += usize::from(owner_instance < instance);
+        }
+    }
+    (before, total.max(1))
 }
 
 /// Whether an instance must stop its readers because it could not renew its sessions
@@ -240,8 +264,19 @@ mod tests {
                 now: self.now,
                 handoff_grace: Duration::from_secs(5),
                 draining: self.draining,
+                free_start: (0, 1),
             })
         }
+    }
+
+    #[test]
+    fn an_instance_starts_at_the_share_of_live_sessions_before_it() {
+        let records = [("a1", "i1"), ("a2", "i1"), ("b1", "i2"), ("c1", "i3"), ("dead", "i0")];
+        let live = set(&["a1", "a2", "b1", "c1"]);
+        assert_eq!(free_start("i1", records, &live), (0, 4));
+        assert_eq!(free_start("i2", records, &live), (2, 4));
+        assert_eq!(free_start("i3", records, &live), (3, 4));
+        assert_eq!(free_start("i1", [], &live), (0, 1));
     }
 
     #[test]

@@ -35,6 +35,40 @@ use crate::store::{Checkpoint, GroupKey, Lease, Leases, SessionRecord, Versioned
 /// finds its records again.
 pub(crate) const SESSION_RECORD_RETENTION: Duration = Duration::from_secs(60 * 60);
 
+/// How long a group keeps merging changed-since reads into its leases before it reads
+/// them all again (only when something changed): a bound on any drift.
+const FULL_READ_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a group waits after a pushed change before its round, gathering the burst
+/// of announcements one change on other instances makes.
+const PUSH_DEBOUNCE: Duration = Duration::from_millis(20);
+
+/// How long a group polls only, after its store subscription ended, before it subscribes
+/// again.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(10);
+
+/// A group's copy of its leases.
+struct LeaseCache {
+    /// The lease generation the copy reflects.
+    generation: u64,
+    /// Every lease, in shard id order (shared with the round that uses it).
+    leases: Arc<Vec<Versioned<Lease>>>,
+    /// When every lease was last read.
+    full_at: Instant,
+}
+
+/// Merges leases read since a generation into `leases` (both in shard id order): a newer
+/// version replaces the one held, a new shard is inserted in order.
+fn merge_leases(leases: &mut Vec<Versioned<Lease>>, changed: Vec<Versioned<Lease>>) {
+    for lease in changed {
+        match leases.binary_search_by(|l| l.value.shard_id.cmp(&lease.value.shard_id)) {
+            Ok(i) if leases[i].version < lease.version => leases[i] = lease,
+            Ok(_) => {}
+            Err(i) => leases.insert(i, lease),
+        }
+    }
+}
+
 /// Timing knobs of a group worker.
 #[derive(Clone, Debug)]
 pub(crate) struct GroupSettings {
@@ -65,7 +99,7 @@ struct GroupState {
     last_shard_sync: Option<Instant>,
     liveness: Liveness,
     /// Leases as last read, with the generation they were read at.
-    leases: Option<(u64, Vec<Versioned<Lease>>)>,
+    leases: Option<LeaseCache>,
     /// Session records as last read, and when that read began and ended.
     records: Vec<Versioned<SessionRecord>>,
     records_read: Option<(Instant, Instant)>,
@@ -89,6 +123,8 @@ pub(crate) struct Group {
     draining: AtomicBool,
     /// Signalled whenever a reader goes away, for shutdown to wait on.
     released: Notify,
+    /// A shard listing runs beside the rounds.
+    syncing: AtomicBool,
 }
 
 impl Group {
@@ -123,6 +159,7 @@ impl Group {
             wake: Notify::new(),
             draining: AtomicBool::new(false),
             released: Notify::new(),
+            syncing: AtomicBool::new(false),
         }
     }
 
@@ -159,7 +196,6 @@ impl Group {
                 }
                 Self::give_up(&mut state, &shard, epoch);
             }
-            state.leases = None;
             state.sessions.is_empty()
         };
         if let Err(e) = self.leases.drop_session(&self.key, session_id).await {
@@ -199,9 +235,15 @@ impl Group {
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), ButlerError> {
         self.stop_reader_of(session_id, shard_id, epoch);
-        let released = self.leases.checkpoint_and_release(&self.key, shard_id, session_id, epoch, checkpoint).await?;
-        self.state().leases = None;
-        match released {
+        let hint = self.cached_lease(shard_id);
+        let released = self
+            .leases
+            .checkpoint_and_release_from(&self.key, hint.as_ref(), shard_id, session_id, epoch, checkpoint)
+            .await?;
+        if let Some(written) = &released {
+            self.note_written(written.clone());
+        }
+        match released.map(|l| l.value) {
             Some(lease) => {
                 info!(app = %self.key.app, stream = %self.key.stream, shard = shard_id, from = session_id,
                     to = lease.owner.as_deref().unwrap_or(""), epoch = lease.epoch, "lease released");
@@ -212,6 +254,38 @@ impl Group {
             None => Err(ButlerError::FailedPrecondition(format!(
                 "session {session_id} does not hold shard {shard_id} at epoch {epoch}"
             ))),
+        }
+    }
+
+    /// Stores a checkpoint of a shard `session_id` holds at `epoch`: one conditional write
+    /// at the version this group last saw, the usual read and write if that was stale.
+    pub(crate) async fn checkpoint(
+        &self,
+        session_id: &str,
+        shard_id: &str,
+        epoch: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), ButlerError> {
+        let hint = self.cached_lease(shard_id);
+        let written =
+            self.leases.checkpoint_from(&self.key, hint.as_ref(), shard_id, session_id, epoch, checkpoint).await?;
+        self.note_written(written);
+        Ok(())
+    }
+
+    /// The lease of `shard_id` as this group last read or wrote it.
+    fn cached_lease(&self, shard_id: &str) -> Option<Versioned<Lease>> {
+        let state = self.state();
+        let leases = &state.leases.as_ref()?.leases;
+        let i = leases.binary_search_by(|l| l.value.shard_id.as_str().cmp(shard_id)).ok()?;
+        Some(leases[i].clone())
+    }
+
+    /// Keeps a lease this instance just wrote in the cache (if newer), so that the next
+    /// write of it needs no read.
+    fn note_written(&self, lease: Versioned<Lease>) {
+        if let Some(cache) = self.state().leases.as_mut() {
+            merge_leases(Arc::make_mut(&mut cache.leases), vec![lease]);
         }
     }
 
@@ -270,9 +344,14 @@ impl Group {
         let _stop_beating = beating.clone().drop_guard();
         tokio::spawn(self.clone().beat_loop(beating));
         let mut watch = self.leases.store().watch(&self.key);
+        let mut resubscribe_at: Option<Instant> = None;
         loop {
             if self.is_empty() {
                 return;
+            }
+            if resubscribe_at.is_some_and(|at| Instant::now() >= at) {
+                watch = self.leases.store().watch(&self.key);
+                resubscribe_at = None;
             }
             if let Err(e) = self.round().await {
                 metrics::counter!(m::STORE_ERRORS, "op" => "round").increment(1);
@@ -281,17 +360,30 @@ impl Group {
             }
             let pushed = async {
                 match watch.as_mut() {
-                    Some(w) => {
-                        futures::StreamExt::next(w).await;
-                    }
-                    None => std::future::pending::<()>().await,
+                    Some(w) => futures::StreamExt::next(w).await.is_some(),
+                    None => std::future::pending::<bool>().await,
                 }
             };
-            tokio::select! {
+            let was_pushed = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = self.wake.notified() => {}
-                _ = pushed => {}
-                _ = tokio::time::sleep(self.settings.balance_interval) => {}
+                _ = self.wake.notified() => false,
+                open = pushed => {
+                    if !open {
+                        // The subscription is gone: poll, and subscribe again later.
+                        watch = None;
+                        resubscribe_at = Some(Instant::now() + RESUBSCRIBE_AFTER);
+                    }
+                    open
+                }
+                _ = tokio::time::sleep(self.settings.balance_interval) => false,
+            };
+            if was_pushed {
+                // Other instances announce in bursts (each of their rounds, releases and
+                // joins): one round after a short pause answers all of them.
+                tokio::time::sleep(PUSH_DEBOUNCE).await;
+                if let Some(w) = watch.as_mut() {
+                    while let Some(Some(())) = futures::FutureExt::now_or_never(futures::StreamExt::next(w)) {}
+                }
             }
         }
     }
@@ -368,19 +460,52 @@ impl Group {
         Ok(())
     }
 
-    async fn round(&self) -> Result<(), ButlerError> {
+    /// Lists the stream's shards and merges them into the leases. Returns whether it did.
+    async fn sync_shards(&self) -> Result<bool, ButlerError> {
         let key = &self.key;
-        let sync_due = self.state().last_shard_sync.is_none_or(|t| t.elapsed() >= self.settings.shard_sync_interval);
-        if sync_due {
-            match self.source.list_shards(&key.stream).await {
-                Ok(shards) => {
-                    self.leases.sync_shards(key, &shards).await?;
-                    let mut state = self.state();
-                    state.last_shard_sync = Some(Instant::now());
-                    state.leases = None;
-                }
-                Err(e) => warn!(app = %key.app, stream = %key.stream, error = %e, "listing shards failed"),
+        match self.source.list_shards(&key.stream).await {
+            Ok(shards) => {
+                self.leases.sync_shards(key, &shards).await?;
+                self.state().last_shard_sync = Some(Instant::now());
+                Ok(true)
             }
+            Err(e) => {
+                warn!(app = %key.app, stream = %key.stream, error = %e, "listing shards failed");
+                Ok(false)
+            }
+        }
+    }
+
+    async fn round(self: &Arc<Self>) -> Result<(), ButlerError> {
+        let key = &self.key;
+        let last_sync = self.state().last_shard_sync;
+        match last_sync {
+            // The first listing: nothing to balance without it.
+            None => {
+                self.sync_shards().await?;
+            }
+            // Later ones run beside the rounds, so that a slow Kinesis never holds up
+            // renewals, failover or handoffs; the round after it sees the new leases.
+            Some(at) if at.elapsed() >= self.settings.shard_sync_interval => {
+                if !self.syncing.swap(true, Ordering::SeqCst) {
+                    let group = self.clone();
+                    tokio::spawn(async move {
+                        let synced = group.sync_shards().await;
+                        if !matches!(synced, Ok(true)) {
+                            if let Err(e) = &synced {
+                                warn!(app = %group.key.app, stream = %group.key.stream, error = %e,
+                                    "storing listed shards failed");
+                            }
+                            // Try again after a balance interval, not a whole sync interval.
+                            let retry = Instant::now() + group.settings.balance_interval;
+                            group.state().last_shard_sync = retry.checked_sub(group.settings.shard_sync_interval);
+                        }
+                        group.syncing.store(false, Ordering::SeqCst);
+                        group.wake.notify_one();
+                    });
+                }
+            }
+            Some(_) => {}
         }
 
         let read_at = Instant::now();
@@ -412,17 +537,35 @@ impl Group {
         Ok(())
     }
 
-    /// The leases, read again only when their generation changed since the last read.
-    async fn current_leases(&self) -> Result<Vec<Versioned<Lease>>, ButlerError> {
-        let generation = self.leases.store().lease_generation(&self.key).await?;
-        if let Some((g, leases)) = &self.state().leases {
-            if *g == generation {
-                return Ok(leases.clone());
+    /// The leases: those written since the last read merged into the ones held (one store
+    /// call, nothing decoded when nothing changed), with a whole read at first, after
+    /// [`FULL_READ_INTERVAL`] of changes, and when the cache was dropped.
+    async fn current_leases(&self) -> Result<Arc<Vec<Versioned<Lease>>>, ButlerError> {
+        let cached = self.state().leases.as_ref().map(|c| (c.generation, c.full_at));
+        let (since, stale) = cached.map_or((0, false), |(g, at)| (g, at.elapsed() >= FULL_READ_INTERVAL));
+        let store = self.leases.store();
+        let (mut generation, mut changed) = store.read_leases_since(&self.key, since).await?;
+        let mut full = since == 0;
+        if !full && (stale || generation < since) && generation != since {
+            (generation, changed) = store.read_leases_since(&self.key, 0).await?;
+            full = true;
+        }
+        {
+            let mut state = self.state();
+            if full {
+                state.leases = Some(LeaseCache { generation, leases: Arc::new(changed), full_at: Instant::now() });
+            } else if let Some(cache) = state.leases.as_mut().filter(|c| c.generation == since) {
+                merge_leases(Arc::make_mut(&mut cache.leases), changed);
+                cache.generation = generation;
+            } else {
+                // The cache was dropped or replaced while this read ran: read everything.
+                state.leases = None;
+            }
+            if let Some(cache) = &state.leases {
+                return Ok(cache.leases.clone());
             }
         }
-        let leases = self.leases.list(&self.key).await?;
-        self.state().leases = Some((generation, leases.clone()));
-        Ok(leases)
+        Box::pin(self.current_leases()).await
     }
 
     /// Decides, performs what needs no store call (start, revoke, stop readers) and
@@ -462,6 +605,11 @@ impl Group {
             now,
             handoff_grace: self.settings.handoff_grace,
             draining: self.draining.load(Ordering::SeqCst),
+            free_start: decide::free_start(
+                &self.instance_id,
+                state.records.iter().map(|r| (r.value.session_id.as_str(), r.value.instance_id.as_str())),
+                &live,
+            ),
         });
         let key = &self.key;
         let mut rest = Vec::new();
@@ -533,6 +681,10 @@ impl Group {
         }
         if !acquire.is_empty() {
             let got = self.leases.acquire_many(key, &acquire).await?;
+            // Other instances plan with this instance's holdings: tell them at once.
+            if got.iter().any(Option::is_some) {
+                self.announce_later();
+            }
             for ((before, session, _), lease) in acquire.iter().zip(got) {
                 if let Some(lease) = lease {
                     info!(app = %key.app, stream = %key.stream, shard = %lease.shard_id,
@@ -558,7 +710,6 @@ impl Group {
         if !release.is_empty() {
             self.announce().await;
         }
-        self.state().leases = None;
         Ok(())
     }
 
@@ -725,6 +876,25 @@ mod tests {
 
     fn shard(i: usize) -> String {
         format!("shardId-{i:012}")
+    }
+
+    #[test]
+    fn changed_leases_merge_in_order_and_only_forwards() {
+        let lease = |i: usize, version: u64, owner: &str| Versioned {
+            version,
+            value: Lease {
+                owner: Some(owner.into()),
+                ..Lease::new(&crate::store::ShardInfo { shard_id: shard(i), parent_shard_ids: vec![], closed: false })
+            },
+        };
+        let mut held = vec![lease(0, 1, "a"), lease(2, 1, "a"), lease(4, 5, "a")];
+        merge_leases(&mut held, vec![lease(1, 1, "b"), lease(2, 2, "b"), lease(4, 3, "old"), lease(5, 1, "b")]);
+        let view: Vec<(String, u64, &str)> =
+            held.iter().map(|l| (l.value.shard_id.clone(), l.version, l.value.owner.as_deref().unwrap())).collect();
+        assert_eq!(
+            view,
+            [(shard(0), 1, "a"), (shard(1), 1, "b"), (shard(2), 2, "b"), (shard(4), 5, "a"), (shard(5), 1, "b")]
+        );
     }
 
     #[tokio::test(start_paused = true)]

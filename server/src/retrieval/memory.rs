@@ -59,6 +59,63 @@ impl MemorySource {
         self.state().streams.insert(stream.to_owned(), map);
     }
 
+    /// Creates a stream of `shards` open shards, each holding `records` pre-generated
+    /// records of `size` bytes (`shard-<s>-record-<i>-xxx…`, partition key `pk-<i>`): the
+    /// benchmark's source model.
+    pub fn create_generated(&self, stream: &str, shards: usize, records: usize, size: usize) {
+        self.create_stream(stream, shards);
+        let arrival = DateTime::from_millis(crate::clock::now_ms());
+        let mut state = self.state();
+        let map = state.streams.get_mut(stream).expect("just created");
+        for (s, shard) in map.values_mut().enumerate() {
+            shard.records.reserve_exact(records);
+            for i in 0..records {
+                let mut data = format!("shard-{s}-record-{i:010}-").into_bytes();
+                data.resize(size.max(data.len()), b'x');
+                let record = Record::builder()
+                    .sequence_number(format!("4959{:04}{:048}", shard.index, i + 1))
+                    .partition_key(format!("pk-{i}"))
+                    .data(Blob::new(data))
+                    .approximate_arrival_timestamp(arrival)
+                    .build()
+                    .expect("complete record");
+                shard.records.push(record);
+            }
+        }
+    }
+
+    /// A source of generated streams from a spec `NAME=SHARDS[xRECORDS[xBYTES]]`, several
+    /// separated by commas (records default to 0, bytes to 100), as given to the server's
+    /// hidden `--memory-source` option for benchmarks.
+    pub fn from_spec(spec: &str) -> Result<Arc<Self>, String> {
+        let source = Self::new();
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let bad = || format!("bad memory source {part:?}: use NAME=SHARDS[xRECORDS[xBYTES]]");
+            let (name, sizes) = part.split_once('=').ok_or_else(bad)?;
+            let numbers: Vec<usize> =
+                sizes.split('x').map(|n| n.parse::<usize>().map_err(|_| bad())).collect::<Result<_, _>>()?;
+            let (shards, records, size) = match numbers[..] {
+                [s] => (s, 0, 100),
+                [s, r] => (s, r, 100),
+                [s, r, b] => (s, r, b),
+                _ => return Err(bad()),
+            };
+            if name.is_empty() || shards == 0 || shards > 10_000 {
+                return Err(format!("bad memory source {part:?}: a name and 1 to 10000 shards"));
+            }
+            source.create_generated(name, shards, records, size);
+        }
+        Ok(source)
+    }
+
+    /// The position an iterator of this source names: (stream, shard id, record index).
+    pub fn iterator_position(iterator: &str) -> Option<(&str, &str, usize)> {
+        let mut parts = iterator.rsplitn(3, '/');
+        let index = parts.next()?.parse().ok()?;
+        let shard_id = parts.next()?;
+        Some((parts.next()?, shard_id, index))
+    }
+
     /// Appends a record to a shard; returns its sequence number.
     pub fn put(&self, stream: &str, shard_id: &str, partition_key: &str, data: &[u8]) -> String {
         let mut state = self.state();
@@ -173,11 +230,8 @@ impl ShardSource for MemorySource {
         let mut state = self.state();
         state.get_records_calls += 1;
         Self::fault(&mut state)?;
-        let bad = || KinesisError::Rejected(format!("malformed iterator {iterator:?}"));
-        let mut parts = iterator.rsplitn(3, '/');
-        let index: usize = parts.next().and_then(|i| i.parse().ok()).ok_or_else(bad)?;
-        let shard_id = parts.next().ok_or_else(bad)?;
-        let stream = parts.next().ok_or_else(bad)?;
+        let (stream, shard_id, index) = Self::iterator_position(iterator)
+            .ok_or_else(|| KinesisError::Rejected(format!("malformed iterator {iterator:?}")))?;
         let shard = state
             .streams
             .get(stream)
@@ -233,6 +287,21 @@ mod tests {
         assert!(shards[0].closed);
         assert_eq!(shards[1].parent_shard_ids, vec!["shardId-000000000000".to_string()]);
         assert_eq!(children, vec!["shardId-000000000001", "shardId-000000000002"]);
+    }
+
+    #[tokio::test]
+    async fn generated_streams_from_a_spec() {
+        let src = MemorySource::from_spec("a=3x2x16, b=2").unwrap();
+        assert_eq!(src.list_shards("a").await.unwrap().len(), 3);
+        assert_eq!(src.list_shards("b").await.unwrap().len(), 2);
+        let it = src.shard_iterator("a", "shardId-000000000002", &IteratorStart::TrimHorizon).await.unwrap();
+        let page = src.get_records(&it, 10).await.unwrap();
+        assert_eq!(page.records.len(), 2);
+        assert_eq!(page.records[1].data().as_ref(), b"shard-2-record-0000000001-");
+        assert!(page.records[0].sequence_number() < page.records[1].sequence_number());
+        for bad in ["a", "a=", "a=0", "=3", "a=1x2x3x4", "a=20000"] {
+            assert!(MemorySource::from_spec(bad).is_err(), "{bad}");
+        }
     }
 
     #[tokio::test]

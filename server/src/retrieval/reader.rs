@@ -38,12 +38,26 @@ pub(crate) async fn run(kinesis: Source, spec: ReaderSpec, out: Outbox, cancel: 
     }
 }
 
+/// The longest rest between GetRecords calls on a shard that keeps returning nothing.
+pub(crate) const MAX_IDLE_SPACING: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The rest after a caught-up page: the idle interval, doubled for every four empty pages
+/// in a row beyond the first four, up to [`MAX_IDLE_SPACING`] (never below the idle
+/// interval or Kinesis's call spacing). An idle shard costs a call every 2 s instead of
+/// two a second; a record arriving there waits at most that long.
+pub(crate) fn idle_spacing(idle: std::time::Duration, empty_pages: u32) -> std::time::Duration {
+    let base = idle.max(MIN_CALL_SPACING);
+    let doublings = (empty_pages / 4).saturating_sub(1).min(8);
+    (base * (1 << doublings)).min(MAX_IDLE_SPACING.max(base))
+}
+
 /// Polls GetRecords. Returns true at the end of a closed shard, false when stopped.
 async fn poll(kinesis: &dyn ShardSource, spec: &ReaderSpec, delivery: &mut Delivery) -> bool {
     let (stream, shard) = (spec.stream.as_str(), spec.shard_id.as_str());
     let mut backoff = Backoff::default();
     let mut iterator: Option<String> = None;
     let mut next_call = Instant::now();
+    let mut empty_pages = 0u32;
     let labels = [("app", spec.app.clone()), ("stream", spec.stream.clone())];
 
     loop {
@@ -88,6 +102,7 @@ async fn poll(kinesis: &dyn ShardSource, spec: &ReaderSpec, delivery: &mut Deliv
         };
         backoff.reset();
         let full = page.records.len() as u32 >= spec.batch_size;
+        let got_records = !page.records.is_empty();
         if !delivery.deliver(page.records, page.millis_behind_latest).await {
             return false;
         }
@@ -95,12 +110,33 @@ async fn poll(kinesis: &dyn ShardSource, spec: &ReaderSpec, delivery: &mut Deliv
             Some(next) => iterator = Some(next),
             None => return true,
         }
-        // Poll again at once while behind; rest when caught up.
+        // Poll again at once while behind; rest when caught up, longer while the shard
+        // keeps returning nothing.
         let behind = full || page.millis_behind_latest > 0;
+        empty_pages = if got_records { 0 } else { empty_pages.saturating_add(1) };
         next_call = if behind {
             call_started + MIN_CALL_SPACING
         } else {
-            Instant::now() + spec.idle_interval.max(MIN_CALL_SPACING)
+            Instant::now() + idle_spacing(spec.idle_interval, empty_pages)
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn empty_shards_are_polled_less_often_up_to_a_bound() {
+        let idle = Duration::from_millis(500);
+        assert_eq!(idle_spacing(idle, 0), idle);
+        assert_eq!(idle_spacing(idle, 7), idle, "a few empty pages change nothing");
+        assert_eq!(idle_spacing(idle, 8), idle * 2);
+        assert_eq!(idle_spacing(idle, 12), idle * 4);
+        assert_eq!(idle_spacing(idle, 1_000), MAX_IDLE_SPACING);
+        assert_eq!(idle_spacing(Duration::from_secs(5), 1_000), Duration::from_secs(5), "never below the setting");
+        assert_eq!(idle_spacing(Duration::ZERO, 0), MIN_CALL_SPACING);
     }
 }

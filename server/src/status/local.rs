@@ -56,7 +56,8 @@ pub(crate) fn record(key: &GroupKey, shard: &str, epoch: u64, behind_ms: i64, re
     stat.behind_ms = behind_ms;
     stat.fetched_at = now;
     stat.records += records as u64;
-    set_gauges(key, group, now);
+    // The gauges are set by `refresh_gauges` every second: computing them here made
+    // every page of every reader cost O(shards of the group).
 }
 
 /// A reader at `epoch` stopped.
@@ -68,8 +69,8 @@ pub(crate) fn forget(key: &GroupKey, shard: &str, epoch: u64) {
     if group.get(shard).is_some_and(|s| s.epoch == epoch) {
         group.remove(shard);
     }
-    set_gauges(key, group, Instant::now());
     if group.is_empty() {
+        set_gauges(key, group, Instant::now());
         t.remove(key);
     }
 }

@@ -57,18 +57,38 @@ impl Leases {
 
     /// Reads one lease, applies `rule` and writes the result; retried on a conflict.
     /// `NotFound` when the lease does not exist; `Ok(None)` when the rule does not apply.
-    async fn update_one<F>(&self, g: &GroupKey, shard: &str, what: &str, rule: F) -> StoreResult<Option<Lease>>
+    ///
+    /// With a `hint` (the lease as the caller last saw it) the first attempt writes at the
+    /// hint's version without reading: one call instead of two when the hint is current. A
+    /// stale hint costs nothing but that call: its conflict, or the rule refusing it, leads
+    /// to the usual read (the rule's answer on a stale hint is never returned).
+    async fn update_one<F>(
+        &self,
+        g: &GroupKey,
+        shard: &str,
+        hint: Option<&Versioned<Lease>>,
+        what: &str,
+        rule: F,
+    ) -> StoreResult<Option<Versioned<Lease>>>
     where
         F: Fn(&Lease) -> StoreResult<Option<Lease>> + Send,
     {
+        if let Some(hint) = hint.filter(|h| h.value.shard_id == shard) {
+            if let Ok(Some(next)) = rule(&hint.value) {
+                let write = LeaseWrite { lease: next, expected: Some(hint.version) };
+                if let Some(version) = self.store.write_leases(g, std::slice::from_ref(&write)).await?[0] {
+                    return Ok(Some(Versioned { version, value: write.lease }));
+                }
+            }
+        }
         for _ in 0..MAX_ATTEMPTS {
             let current = self.store.read_lease(g, shard).await?.ok_or_else(|| not_found(g, shard))?;
             let Some(next) = rule(&current.value)? else {
                 return Ok(None);
             };
             let write = LeaseWrite { lease: next, expected: Some(current.version) };
-            if self.store.write_leases(g, std::slice::from_ref(&write)).await?[0].is_some() {
-                return Ok(Some(write.lease));
+            if let Some(version) = self.store.write_leases(g, std::slice::from_ref(&write)).await?[0] {
+                return Ok(Some(Versioned { version, value: write.lease }));
             }
         }
         Err(contended(what, g))
@@ -168,14 +188,30 @@ impl Leases {
         epoch: u64,
         cp: &Checkpoint,
     ) -> StoreResult<()> {
-        self.update_one(g, shard, "checkpoint", |l| rules::checkpoint(l, owner, epoch, cp).map(Some)).await?;
+        self.checkpoint_from(g, None, shard, owner, epoch, cp).await?;
         Ok(())
+    }
+
+    /// [`checkpoint`](Self::checkpoint) starting from the lease as the caller last saw it
+    /// (see `update_one`'s hint); returns the lease as written.
+    pub async fn checkpoint_from(
+        &self,
+        g: &GroupKey,
+        hint: Option<&Versioned<Lease>>,
+        shard: &str,
+        owner: &str,
+        epoch: u64,
+        cp: &Checkpoint,
+    ) -> StoreResult<Versioned<Lease>> {
+        let written =
+            self.update_one(g, shard, hint, "checkpoint", |l| rules::checkpoint(l, owner, epoch, cp).map(Some)).await?;
+        written.ok_or_else(|| StoreError::Backend("checkpoint rule wrote nothing".into()))
     }
 
     /// Gives up a lease `owner` holds at `epoch` ([`rules::release`]): to the handoff target
     /// or free. Returns the lease as it now is, or `None` if it was not held so.
     pub async fn release(&self, g: &GroupKey, shard: &str, owner: &str, epoch: u64) -> StoreResult<Option<Lease>> {
-        self.update_one(g, shard, "release", |l| Ok(rules::release(l, owner, epoch))).await
+        Ok(self.update_one(g, shard, None, "release", |l| Ok(rules::release(l, owner, epoch))).await?.map(|l| l.value))
     }
 
     /// A final checkpoint (if any, [`rules::checkpoint`]) and the release
@@ -190,7 +226,21 @@ impl Leases {
         epoch: u64,
         cp: Option<&Checkpoint>,
     ) -> StoreResult<Option<Lease>> {
-        self.update_one(g, shard, "release", |l| {
+        Ok(self.checkpoint_and_release_from(g, None, shard, owner, epoch, cp).await?.map(|l| l.value))
+    }
+
+    /// [`checkpoint_and_release`](Self::checkpoint_and_release) starting from the lease as
+    /// the caller last saw it (see `update_one`'s hint); returns the lease as written.
+    pub async fn checkpoint_and_release_from(
+        &self,
+        g: &GroupKey,
+        hint: Option<&Versioned<Lease>>,
+        shard: &str,
+        owner: &str,
+        epoch: u64,
+        cp: Option<&Checkpoint>,
+    ) -> StoreResult<Option<Versioned<Lease>>> {
+        self.update_one(g, shard, hint, "release", |l| {
             let checkpointed = match cp {
                 Some(cp) => rules::checkpoint(l, owner, epoch, cp)?,
                 None => l.clone(),
@@ -358,6 +408,30 @@ mod tests {
         l.checkpoint(&g(), "a", "s1", held.epoch, &cp).await.unwrap();
         let now = l.get(&g(), "a").await.unwrap().unwrap().value;
         assert_eq!((now.checkpoint, now.handoff_to.as_deref()), (cp, Some("s2")), "both changes kept");
+    }
+
+    #[tokio::test]
+    async fn a_current_hint_saves_the_read_and_a_stale_one_is_never_believed() {
+        let (_, l) = leases();
+        l.sync_shards(&g(), &[shard("a")]).await.unwrap();
+        let free = l.get(&g(), "a").await.unwrap().unwrap();
+        let held = l.acquire_many(&g(), &[(free.clone(), "s1".into(), false)]).await.unwrap()[0].clone().unwrap();
+        let current = l.get(&g(), "a").await.unwrap().unwrap();
+        let cp = Checkpoint::from_stored("42", 0).unwrap();
+        let written = l.checkpoint_from(&g(), Some(&current), "a", "s1", held.epoch, &cp).await.unwrap();
+        assert_eq!((written.version, &written.value.checkpoint), (current.version + 1, &cp));
+        assert_eq!(l.get(&g(), "a").await.unwrap().unwrap(), written, "the write is what the store holds");
+        // The free lease as a hint: the rule refuses it (not s1's), yet the store says s1
+        // holds it, so the checkpoint is stored after a read.
+        let cp2 = Checkpoint::from_stored("43", 0).unwrap();
+        let again = l.checkpoint_from(&g(), Some(&free), "a", "s1", held.epoch, &cp2).await.unwrap();
+        assert_eq!(again.value.checkpoint, cp2);
+        // Another session: refused after the read too.
+        let err = l.checkpoint_from(&g(), Some(&written), "a", "s2", held.epoch, &cp2).await.unwrap_err();
+        assert!(matches!(err, StoreError::LeaseLost { .. }), "{err}");
+        // A stale hint on which the rule applies: its write conflicts, the read decides.
+        let released = l.checkpoint_and_release_from(&g(), Some(&written), "a", "s1", held.epoch, None).await.unwrap();
+        assert_eq!(released.map(|r| (r.value.owner, r.value.epoch)), Some((None, held.epoch + 1)));
     }
 
     #[tokio::test]

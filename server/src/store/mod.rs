@@ -285,6 +285,19 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// re-reading unchanged leases). 0 before the first write.
     async fn lease_generation(&self, group: &GroupKey) -> StoreResult<u64>;
 
+    /// The leases written after generation `since`, with the generation this read reflects:
+    /// at least every lease written since (it may hold more, up to all of them), in shard
+    /// id order. Nothing when the generation is still `since`. Rounds merge it into the
+    /// leases they hold instead of reading every lease after each change. The default is
+    /// [`lease_generation`](Self::lease_generation), then every lease if it moved.
+    async fn read_leases_since(&self, group: &GroupKey, since: u64) -> StoreResult<(u64, Vec<Versioned<Lease>>)> {
+        let generation = self.lease_generation(group).await?;
+        if generation == since {
+            return Ok((generation, Vec::new()));
+        }
+        Ok((generation, self.read_leases(group).await?))
+    }
+
     /// Every session record of the group, in session id order.
     async fn read_sessions(&self, group: &GroupKey) -> StoreResult<Vec<Versioned<SessionRecord>>>;
 

@@ -7,6 +7,8 @@
 //! - `…:v2:leases` hash: shard id → `<version>:<lease JSON>`
 //! - `…:v2:sessions` hash: session id → `<version>:<heartbeat>:<session JSON>`
 //! - `…:v2:generation` string: bumped by every script call that wrote a lease;
+//! - `…:v2:changed` sorted set: shard id scored by the generation that last wrote it, for
+//!   `read_leases_since` (a changed-since read);
 //! - `…:v2:changes`: the pub/sub channel of `watch` / `notify`.
 //!
 //! No lease rule lives here: the scripts only compare and bump versions (the
@@ -56,7 +58,7 @@ local function bump(v)
 end
 "#;
 
-/// KEYS: leases, generation. ARGV: (shard, expected version or '' for absent, lease JSON)*.
+/// KEYS: leases, generation, changed. ARGV: (shard, expected version or '' for absent, lease JSON)*.
 /// Mirrors the compare-and-set of `LeaseStore::write_leases`: each write is stored only at
 /// its expected version. Returns the new version per write, '' on a conflict.
 const WRITE_LEASES: &str = r#"
@@ -78,7 +80,40 @@ for i = 1, n do
 end
 if #set > 0 then
   hset(KEYS[1], set)
-  redis.call('INCR', KEYS[2])
+  local g = redis.call('INCR', KEYS[2])
+  local scored = {}
+  for s = 1, #set, 2 do
+    scored[#scored + 1] = g
+    scored[#scored + 1] = set[s]
+  end
+  for s = 1, #scored, 2000 do
+    redis.call('ZADD', KEYS[3], unpack(scored, s, math.min(s + 1999, #scored)))
+  end
+end
+return out
+"#;
+
+/// KEYS: leases, generation, changed. ARGV: since. The generation, then (shard, raw)* of
+/// every lease written after `since` (`LeaseStore::read_leases_since`); every lease when
+/// `since` is 0 or ahead of the generation (the store was emptied).
+const READ_LEASES_SINCE: &str = r#"
+local g = tonumber(redis.call('GET', KEYS[2]) or '0')
+local since = tonumber(ARGV[1])
+local out = {tostring(g)}
+if g == since then return out end
+if since == 0 or g < since then
+  local all = redis.call('HGETALL', KEYS[1])
+  for i = 1, #all do out[#out + 1] = all[i] end
+  return out
+end
+local shards = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. since, '+inf')
+if #shards == 0 then return out end
+local raw = hmget(KEYS[1], shards)
+for i = 1, #shards do
+  if raw[i] then
+    out[#out + 1] = shards[i]
+    out[#out + 1] = raw[i]
+  end
 end
 return out
 "#;
@@ -121,6 +156,7 @@ return redis.call('HDEL', KEYS[1], ARGV[1])
 
 struct Scripts {
     write_leases: Script,
+    read_leases_since: Script,
     write_session: Script,
     beat_sessions: Script,
     delete_session: Script,
@@ -131,6 +167,7 @@ impl Scripts {
         let s = |body: &str| Script::new(&format!("{LUA_LIB}{body}"));
         Self {
             write_leases: s(WRITE_LEASES),
+            read_leases_since: s(READ_LEASES_SINCE),
             write_session: s(WRITE_SESSION),
             beat_sessions: s(BEAT_SESSIONS),
             delete_session: s(DELETE_SESSION),
@@ -189,6 +226,8 @@ struct Keys {
     leases: String,
     sessions: String,
     generation: String,
+    /// Shard → generation of its last write.
+    changed: String,
     /// Pub/sub channel of `watch` and `notify`.
     changes: String,
 }
@@ -358,6 +397,7 @@ impl RedisStore {
             leases: format!("{base}:leases"),
             sessions: format!("{base}:sessions"),
             generation: format!("{base}:generation"),
+            changed: format!("{base}:changed"),
             changes: format!("{base}:changes"),
         }
     }
@@ -396,7 +436,7 @@ impl LeaseStore for RedisStore {
         }
         let keys = self.keys(group);
         let mut call = self.scripts.write_leases.key(keys.leases);
-        call.key(keys.generation);
+        call.key(keys.generation).key(keys.changed);
         for w in writes {
             call.arg(&w.lease.shard_id).arg(expected_arg(w.expected)).arg(encode_lease(&w.lease)?);
         }
@@ -414,6 +454,19 @@ impl LeaseStore for RedisStore {
             .await
             .map_err(redis_err)?;
         Ok(n.unwrap_or(0))
+    }
+
+    async fn read_leases_since(&self, group: &GroupKey, since: u64) -> StoreResult<(u64, Vec<Versioned<Lease>>)> {
+        let keys = self.keys(group);
+        let mut call = self.scripts.read_leases_since.key(keys.leases);
+        call.key(keys.generation).key(keys.changed).arg(since);
+        let reply: Vec<String> = call.invoke_async(&mut self.conn()).await.map_err(redis_err)?;
+        let (generation, pairs) = reply.split_first().ok_or_else(|| corrupt("changed-since reply", "empty"))?;
+        let generation = generation.parse().map_err(|e| corrupt("generation", e))?;
+        let mut leases =
+            pairs.chunks_exact(2).map(|pair| decode_lease(&pair[0], &pair[1])).collect::<StoreResult<Vec<_>>>()?;
+        leases.sort_by(|a, b| a.value.shard_id.cmp(&b.value.shard_id));
+        Ok((generation, leases))
     }
 
     async fn read_sessions(&self, group: &GroupKey) -> StoreResult<Vec<Versioned<SessionRecord>>> {

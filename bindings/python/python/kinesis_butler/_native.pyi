@@ -1,14 +1,31 @@
 """Type stubs of kinesis_butler._native (implemented in Rust; use the package)."""
 
 import datetime
+import os
 from typing import Any, Awaitable, Callable, Dict, Iterable, Iterator, List, Literal, Optional, TypedDict, Union, final
 
 from typing_extensions import Self, disjoint_base
 
-__all__ = ["Batch", "Consumer", "Record", "quiesce"]
+__all__ = ["Batch", "Consumer", "Record", "Shard", "quiesce"]
 
 #: Seconds, or a timedelta.
 _Duration = Union[float, int, datetime.timedelta]
+#: PEM text, a file path (``str`` without a ``-----BEGIN`` line, or ``os.PathLike``), or the contents.
+_Pem = Union[str, bytes, "os.PathLike[str]"]
+
+@final
+class Shard:
+    """A shard as this consumer holds it (given to a handler object's hooks)."""
+
+    @property
+    def stream(self) -> str: ...
+    @property
+    def shard_id(self) -> str: ...
+    @property
+    def lease_epoch(self) -> int: ...
+    @property
+    def checkpoint(self) -> str:
+        """The stored checkpoint reading started after (``""`` when there was none)."""
 
 class _ShardStats(TypedDict):
     stream: str
@@ -81,7 +98,8 @@ class Batch:
         """1 on the first delivery of this batch, then 2, 3… on retries."""
     def checkpoint(self, record: Optional[Record] = None) -> None:
         """Stores a checkpoint now, up to and including ``record`` (of this shard) or the
-        whole batch; blocks until stored. Raises ``LeaseLostError`` when the shard moved."""
+        whole batch; blocks until stored. Raises ``LeaseLostError`` when the shard moved,
+        ``InvalidArgumentError`` for a record of another shard or one never delivered."""
     def checkpoint_async(self, record: Optional[Record] = None) -> Awaitable[None]:
         """``checkpoint`` for ``async def`` handlers."""
     def __len__(self) -> int: ...
@@ -90,16 +108,17 @@ class Batch:
 @disjoint_base
 class Consumer:
     """Reads ``streams`` of ``app`` through the Kinesis Butler server at ``endpoint``
-    (e.g. ``"http://127.0.0.1:50051"``) and hands their records to a handler.
+    (e.g. ``"http://127.0.0.1:50051"``; ``None``: ``$KINESIS_BUTLER_ENDPOINT``) and hands
+    their records to a handler.
 
     Options (``None`` keeps the default):
 
     - ``client_name``: shown by ``kinesis-butler leases`` (default ``python-<pid>``).
     - ``auth_token``: sent as ``authorization: Bearer <token>`` (servers started with
-      ``--auth-token``).
+      ``--auth-token``); default ``$KINESIS_BUTLER_TOKEN``.
     - ``tls_ca_certificate_pem``, ``tls_domain_name``, ``tls_client_certificate_pem``,
-      ``tls_client_key_pem``: TLS settings (PEM text) for an ``https://`` endpoint;
-      without them the system's roots verify the server.
+      ``tls_client_key_pem``: TLS settings for an ``https://`` endpoint, each PEM text,
+      a file path or ``bytes``; without them the system's roots verify the server.
     - ``start``: where shards without a checkpoint start: ``"trim_horizon"`` (default),
       ``"latest"`` or a ``datetime``.
     - ``max_records_per_batch``: 1..10000 (default: the server's).
@@ -118,8 +137,8 @@ class Consumer:
       cancelled; a plain function is awaited, with a warning) and retried; default none.
     - ``reconnect_initial_delay`` (0.2 s), ``reconnect_max_delay`` (10 s),
       ``max_reconnect_attempts``: consecutive failed connections before ``run`` raises
-      ``ConnectionError`` (default: retry forever); ``max_initial_connect_attempts`` (6):
-      failed attempts to open the first session before ``run`` raises ``ConnectionError``,
+      ``ButlerConnectionError`` (default: retry forever); ``max_initial_connect_attempts`` (6):
+      failed attempts to open the first session before ``run`` raises ``ButlerConnectionError``,
       so that a wrong endpoint fails in seconds.
     - ``request_timeout`` (10 s), ``shutdown_timeout`` (30 s: how long batches in hand
       may take to finish on stop).
@@ -129,16 +148,16 @@ class Consumer:
 
     def __new__(
         cls,
-        endpoint: str,
+        endpoint: Optional[str],
         app: str,
         streams: Union[str, Iterable[str]],
         *,
         client_name: Optional[str] = None,
         auth_token: Optional[str] = None,
-        tls_ca_certificate_pem: Optional[str] = None,
+        tls_ca_certificate_pem: Optional[_Pem] = None,
         tls_domain_name: Optional[str] = None,
-        tls_client_certificate_pem: Optional[str] = None,
-        tls_client_key_pem: Optional[str] = None,
+        tls_client_certificate_pem: Optional[_Pem] = None,
+        tls_client_key_pem: Optional[_Pem] = None,
         start: Union[Literal["trim_horizon", "latest"], datetime.datetime, None] = None,
         max_records_per_batch: Optional[int] = None,
         checkpoint: Optional[Literal["batch", "manual"]] = None,
