@@ -29,3 +29,6 @@ echo "== benchmarks"
 
 echo "== balancing and failover figures"
 cargo test --release -p kinesis-butler --test balance -- --nocapture 2>&1 | grep -E '^FIGURE' | tee bench-results/balance.txt || true
+
+echo "== parallelization_factor (client against the in-process scripted Butler, 10 ms handler)"
+cargo run -q --release -p kinesis-butler-client --example parallel_bench 2>&1 | tee bench-results/parallel.txt
