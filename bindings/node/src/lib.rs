@@ -426,12 +426,21 @@ impl NativeConsumer {
         ts_args_type = "endpoint: string | undefined | null, app: string, streams: Array<string>, options?: NativeOptions | undefined | null, onFailure?: ((entries: Array<DeadLetterInfo>) => Promise<string | undefined | null>) | undefined | null"
     )]
     pub fn new(
+        env: napi::Env,
         endpoint: Option<String>,
         app: String,
         streams: Vec<String>,
         options: Option<NativeOptions>,
         on_failure: Option<failure::JsDeadLetter>,
     ) -> Result<Self> {
+        // The callback lives as long as the consumer: only a running `run()` may keep the
+        // process alive, not a stopped consumer that nobody collected yet.
+        let on_failure = on_failure
+            .map(|mut tsfn| {
+                #[allow(deprecated)]
+                tsfn.unref(&env).map(|()| tsfn)
+            })
+            .transpose()?;
         let endpoint = kb::endpoint_or_env(endpoint).map_err(construction_error)?;
         let mut raw = options.map(NativeOptions::into_raw).transpose().map_err(construction_error)?.unwrap_or_default();
         raw.on_failure_callback =
