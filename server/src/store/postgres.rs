@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::stream::{self, BoxStream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard, Semaphore, SemaphorePermit};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Config, NoTls, Row, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -62,9 +62,26 @@ CREATE TABLE IF NOT EXISTS kb_lease_generations_v2 (
 );
 "#;
 
-/// One statement for a batch of lease writes. Mirrors the compare-and-set of
-/// `LeaseStore::write_leases`: a write with no expected version inserts only if the row is
-/// absent, any other updates only at that version; the generation moves if any was stored.
+/// Upgrades tables created before the changed-since read (`changed` stays 0 there: such
+/// leases are only in whole reads until written again).
+const SCHEMA_CHANGED: &str = r#"
+ALTER TABLE kb_leases_v2 ADD COLUMN IF NOT EXISTS changed BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS kb_leases_v2_changed ON kb_leases_v2 (app, stream, changed);
+"#;
+
+/// First statement of a batch write's transaction: the group's next generation. Its row
+/// lock orders the group's writers, so generation `g` is visible only after every write
+/// stamped below `g` committed: what the changed-since read relies on.
+const NEXT_GENERATION: &str = r#"
+INSERT INTO kb_lease_generations_v2 (app, stream, generation) VALUES ($1, $2, 1)
+ON CONFLICT (app, stream) DO UPDATE SET generation = kb_lease_generations_v2.generation + 1
+RETURNING generation
+"#;
+
+/// One statement for a batch of lease writes, stamped with generation `$12`. Mirrors the
+/// compare-and-set of `LeaseStore::write_leases`: a write with no expected version inserts
+/// only if the row is absent, any other updates only at that version. The transaction is
+/// rolled back when nothing was stored, so the generation moves only on a stored write.
 const WRITE_LEASES: &str = r#"
 WITH w AS (
     SELECT * FROM unnest($3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::text[], $8::bigint[],
@@ -72,31 +89,40 @@ WITH w AS (
         AS w(shard_id, expected, owner, epoch, checkpoint, sub_sequence, parents, closed, handoff_to)
 ), inserted AS (
     INSERT INTO kb_leases_v2 (app, stream, shard_id, version, owner, epoch, checkpoint, sub_sequence, parents,
-                              closed, handoff_to)
+                              closed, handoff_to, changed)
     SELECT $1, $2, w.shard_id, 1, w.owner, w.epoch, w.checkpoint, w.sub_sequence,
-           string_to_array(w.parents, ','), w.closed, w.handoff_to
+           string_to_array(w.parents, ','), w.closed, w.handoff_to, $12
     FROM w WHERE w.expected IS NULL
     ON CONFLICT DO NOTHING
     RETURNING shard_id, version
 ), updated AS (
     UPDATE kb_leases_v2 l SET version = l.version + 1, owner = w.owner, epoch = w.epoch,
         checkpoint = w.checkpoint, sub_sequence = w.sub_sequence, parents = string_to_array(w.parents, ','),
-        closed = w.closed, handoff_to = w.handoff_to
+        closed = w.closed, handoff_to = w.handoff_to, changed = $12
     FROM w
     WHERE l.app = $1 AND l.stream = $2 AND l.shard_id = w.shard_id AND l.version = w.expected
     RETURNING l.shard_id, l.version
-), generation AS (
-    INSERT INTO kb_lease_generations_v2 (app, stream, generation)
-    SELECT $1, $2, 1 WHERE EXISTS (SELECT 1 FROM inserted) OR EXISTS (SELECT 1 FROM updated)
-    ON CONFLICT (app, stream) DO UPDATE SET generation = kb_lease_generations_v2.generation + 1
 )
 SELECT shard_id, version FROM inserted UNION ALL SELECT shard_id, version FROM updated
+"#;
+
+/// `LeaseStore::read_leases_since` in one statement (one snapshot): the generation (last
+/// column, on every row) and the leases stamped after `$3`; every lease when `$3` is 0 or
+/// ahead of the generation; none when the generation is `$3` (one row of NULL lease columns).
+const READ_LEASES_SINCE: &str = r#"
+SELECT l.version, l.shard_id, l.owner, l.epoch, l.checkpoint, l.sub_sequence, l.parents, l.closed, l.handoff_to,
+       g.generation
+FROM (SELECT COALESCE(MAX(generation), 0) AS generation FROM kb_lease_generations_v2
+      WHERE app = $1 AND stream = $2) g
+LEFT JOIN kb_leases_v2 l ON l.app = $1 AND l.stream = $2 AND g.generation <> $3
+    AND ($3 = 0 OR g.generation < $3 OR l.changed > $3)
+ORDER BY l.shard_id
 "#;
 
 /// The LISTEN/NOTIFY channel of `watch` and `notify`; the payload names schema and group.
 const CHANGES_CHANNEL: &str = "kb_v2_changes";
 
-/// Connections kept open per store.
+/// Connections kept open per store for reads and lease writes (renewals have their own).
 const POOL_SIZE: usize = 4;
 /// Bound on one operation (including a reconnect).
 const OP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -115,7 +141,28 @@ pub struct PostgresStore {
     /// The TLS connector with `sslmode=require`.
     tls: Option<MakeRustlsConnect>,
     slots: Vec<Mutex<Option<Connection>>>,
+    /// One permit per slot: a caller waits for whichever connection is free first.
+    free: Semaphore,
+    /// The connection of [`Lane::Renewals`].
+    renewals: Mutex<Option<Connection>>,
     next: AtomicUsize,
+}
+
+/// Which connections an operation runs on.
+#[derive(Clone, Copy)]
+enum Lane {
+    /// The shared pool: reads and lease writes.
+    Pool,
+    /// A connection of its own for session renewals and pings. A 10,000-lease write, or one
+    /// waiting for another instance's row locks, would otherwise hold up the beats behind
+    /// it until the other instances judge this one's sessions dead (seen at 10,000 shards).
+    Renewals,
+}
+
+/// A connection lent to one operation.
+struct Lent<'a> {
+    conn: MappedMutexGuard<'a, Connection>,
+    _permit: Option<SemaphorePermit<'a>>,
 }
 
 /// A pooled connection and the statements prepared on it (each statement is parsed once
@@ -123,6 +170,18 @@ pub struct PostgresStore {
 struct Connection {
     client: Client,
     statements: HashMap<&'static str, Statement>,
+}
+
+impl Connection {
+    /// `sql` prepared on this connection (parsed once per connection).
+    async fn prepared(&mut self, sql: &'static str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql).await?;
+        self.statements.insert(sql, s.clone());
+        Ok(s)
+    }
 }
 
 /// Failure inside an operation: a driver error (classified later) or a store error.
@@ -293,16 +352,19 @@ impl PostgresStore {
             shown_url,
             tls,
             slots: (0..POOL_SIZE).map(|_| Mutex::new(None)).collect(),
+            free: Semaphore::new(POOL_SIZE),
+            renewals: Mutex::new(None),
             next: AtomicUsize::new(0),
         };
         let create_schema = store.schema.as_ref().map(|s| format!("CREATE SCHEMA IF NOT EXISTS {s};"));
         store
             .timed(async {
-                let mut c = store.client().await?;
-                let tx = c.client.transaction().await?;
+                let mut c = store.client(Lane::Pool).await?;
+                let tx = c.conn.client.transaction().await?;
                 // Serializes concurrent first starts: CREATE … IF NOT EXISTS can race.
                 tx.execute("SELECT pg_advisory_xact_lock(4242674242)", &[]).await?;
-                tx.batch_execute(&format!("{}{SCHEMA}", create_schema.as_deref().unwrap_or_default())).await?;
+                tx.batch_execute(&format!("{}{SCHEMA}{SCHEMA_CHANGED}", create_schema.as_deref().unwrap_or_default()))
+                    .await?;
                 Ok(tx.commit().await?)
             })
             .await?;
@@ -345,19 +407,25 @@ impl PostgresStore {
         Ok(client)
     }
 
-    /// A live connection for one operation: an idle pooled one if any, else the next one
-    /// to be free; reopened if it died.
-    async fn client(&self) -> StoreResult<MappedMutexGuard<'_, Connection>> {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let idle = (0..POOL_SIZE).find_map(|i| self.slots[(start + i) % POOL_SIZE].try_lock().ok());
-        let mut slot = match idle {
-            Some(slot) => slot,
-            None => self.slots[start % POOL_SIZE].lock().await,
+    /// A live connection for one operation: on [`Lane::Pool`] whichever pooled one is free
+    /// first; reopened if it died.
+    async fn client(&self, lane: Lane) -> StoreResult<Lent<'_>> {
+        let (mut slot, permit) = match lane {
+            Lane::Renewals => (self.renewals.lock().await, None),
+            Lane::Pool => {
+                let permit = self.free.acquire().await.map_err(|_| StoreError::Unavailable("store closed".into()))?;
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                // A permit means at least one slot is unlocked (slots are only locked here).
+                let slot = (0..POOL_SIZE)
+                    .find_map(|i| self.slots[(start + i) % POOL_SIZE].try_lock().ok())
+                    .expect("a permit per free slot");
+                (slot, Some(permit))
+            }
         };
         if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
             *slot = Some(Connection { client: self.connect().await?, statements: HashMap::new() });
         }
-        Ok(MutexGuard::map(slot, |c| c.as_mut().expect("connected above")))
+        Ok(Lent { conn: MutexGuard::map(slot, |c| c.as_mut().expect("connected above")), _permit: permit })
     }
 
     /// Runs one operation with a time bound.
@@ -379,22 +447,26 @@ impl PostgresStore {
         format!("{schema}:{}:{}:{}", group.app.len(), group.app, group.stream)
     }
 
-    /// Runs one statement (prepared once per connection) and returns its rows.
+    /// Runs one statement (prepared once per connection) on the pool and returns its rows.
     async fn query(
         &self,
         sql: &'static str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> StoreResult<Vec<Row>> {
+        self.query_on(Lane::Pool, sql, params).await
+    }
+
+    /// Runs one statement (prepared once per connection) on `lane` and returns its rows.
+    async fn query_on(
+        &self,
+        lane: Lane,
+        sql: &'static str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> StoreResult<Vec<Row>> {
         self.timed(async {
-            let mut conn = self.client().await?;
-            let statement = match conn.statements.get(sql) {
-                Some(s) => s.clone(),
-                None => {
-                    let s = conn.client.prepare(sql).await?;
-                    conn.statements.insert(sql, s.clone());
-                    s
-                }
-            };
+            let mut lent = self.client(lane).await?;
+            let conn = &mut *lent.conn;
+            let statement = conn.prepared(sql).await?;
             Ok(conn.client.query(&statement, params).await?)
         })
         .await
@@ -433,22 +505,49 @@ impl LeaseStore for PostgresStore {
         let parents: Vec<String> = ls().map(|l| l.parent_shard_ids.join(",")).collect();
         let closed: Vec<bool> = ls().map(|l| l.closed).collect();
         let handoffs: Vec<Option<&str>> = ls().map(|l| l.handoff_to.as_deref()).collect();
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
-            &group.app,
-            &group.stream,
-            &shards,
-            &expected,
-            &owners,
-            &epochs,
-            &checkpoints,
-            &subs,
-            &parents,
-            &closed,
-            &handoffs,
-        ];
-        let rows = self.query(WRITE_LEASES, &params).await?;
+        let rows = self
+            .timed(async {
+                let mut lent = self.client(Lane::Pool).await?;
+                let conn = &mut *lent.conn;
+                let (next, write) = (conn.prepared(NEXT_GENERATION).await?, conn.prepared(WRITE_LEASES).await?);
+                let tx = conn.client.transaction().await?;
+                let generation: i64 = tx.query_one(&next, &[&group.app, &group.stream]).await?.get(0);
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 12] = [
+                    &group.app,
+                    &group.stream,
+                    &shards,
+                    &expected,
+                    &owners,
+                    &epochs,
+                    &checkpoints,
+                    &subs,
+                    &parents,
+                    &closed,
+                    &handoffs,
+                    &generation,
+                ];
+                let rows = tx.query(&write, &params).await?;
+                if rows.is_empty() {
+                    tx.rollback().await?;
+                } else {
+                    tx.commit().await?;
+                }
+                Ok(rows)
+            })
+            .await?;
         let stored: std::collections::HashMap<String, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
         Ok(shards.iter().map(|s| stored.get(*s).map(|v| *v as u64)).collect())
+    }
+
+    async fn read_leases_since(&self, group: &GroupKey, since: u64) -> StoreResult<(u64, Vec<Versioned<Lease>>)> {
+        let rows = self.query(READ_LEASES_SINCE, &[&group.app, &group.stream, &(since as i64)]).await?;
+        let generation = rows.first().map_or(0, |r| r.get::<_, i64>(9) as u64);
+        let leases = rows
+            .iter()
+            .filter(|r| r.get::<_, Option<&str>>(1).is_some())
+            .map(lease_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok((generation, leases))
     }
 
     async fn lease_generation(&self, group: &GroupKey) -> StoreResult<u64> {
@@ -498,7 +597,7 @@ impl LeaseStore for PostgresStore {
         }
         let sql = "UPDATE kb_sessions_v2 SET version = version + 1, heartbeat = heartbeat + 1
                    WHERE app = $1 AND stream = $2 AND session_id = ANY($3) RETURNING session_id";
-        let rows = self.query(sql, &[&group.app, &group.stream, &session_ids]).await?;
+        let rows = self.query_on(Lane::Renewals, sql, &[&group.app, &group.stream, &session_ids]).await?;
         let beaten: HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
         Ok(session_ids.iter().filter(|id| !beaten.contains(*id)).cloned().collect())
     }
@@ -533,6 +632,6 @@ impl LeaseStore for PostgresStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        self.timed(async { Ok(self.client().await?.client.batch_execute("SELECT 1").await?) }).await
+        self.timed(async { Ok(self.client(Lane::Renewals).await?.conn.client.batch_execute("SELECT 1").await?) }).await
     }
 }
