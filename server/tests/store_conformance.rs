@@ -174,6 +174,8 @@ async fn write_leases_is_compare_and_set(l: Leases) {
     assert_eq!(read(&l, &g, S0).await, Versioned { version: 2, value: owned }, "the refused writes changed nothing");
     assert_eq!(s.read_lease(&g, S1).await.unwrap(), None);
     assert!(s.write_leases(&g, &[]).await.unwrap().is_empty());
+    assert_eq!(s.read_lease(&GroupKey::new("other", "stream"), S0).await.unwrap(), None, "groups apart (app)");
+    assert_eq!(s.read_lease(&GroupKey::new("app", "stream2"), S0).await.unwrap(), None, "groups apart (stream)");
 }
 
 async fn acquire_race_has_one_winner(l: Leases) {
@@ -202,6 +204,8 @@ async fn acquire_race_has_one_winner(l: Leases) {
 async fn checkpoint_is_fenced_by_owner_and_epoch(l: Leases) {
     let g = group();
     sync(&l, &g, &[S0]).await;
+    let err = l.checkpoint(&g, S0, "a", 0, &at("1", 0)).await.unwrap_err();
+    assert!(matches!(err, StoreError::LeaseLost { current_owner: None, .. }), "a free lease: {err:?}");
     take(&l, &g, S0, "a").await;
     l.checkpoint(&g, S0, "a", 1, &at("100", 0)).await.unwrap();
 
@@ -359,8 +363,10 @@ async fn release_frees_or_hands_off(l: Leases) {
     assert!(!handoff(&l, &g, before, "c").await, "read before the first request");
     let asked = lease(&l, &g, S0).await;
     assert_eq!((asked.owner.as_deref(), asked.epoch, asked.handoff_to.as_deref()), (Some("a"), 3, Some("b")));
+    l.checkpoint(&g, S0, "a", 3, &at("4", 0)).await.expect("the owner checkpoints while asked to hand off");
     let moved = l.release(&g, S0, "a", 3).await.unwrap().expect("handed off");
     assert_eq!((moved.owner.as_deref(), moved.epoch, moved.handoff_to.as_deref()), (Some("b"), 4, None));
+    assert_eq!(moved.checkpoint, at("4", 0), "handed off at the last checkpoint");
     assert_eq!(lease(&l, &g, S0).await, moved);
     l.checkpoint(&g, S0, "b", 4, &at("5", 0)).await.expect("the new owner checkpoints");
     assert!(l.checkpoint(&g, S0, "a", 3, &at("6", 0)).await.is_err(), "the old owner is fenced");
@@ -411,6 +417,8 @@ async fn sessions_put_beat_list_delete(l: Leases) {
     assert!(s.delete_session(&g, "s1", None).await.unwrap());
     assert!(l.sessions(&g).await.unwrap().is_empty());
     assert_eq!(ids(&l.sessions(&other).await.unwrap()), ["s9"]);
+    l.put_session(&g, &session("s3", "")).await.unwrap();
+    assert_eq!(l.sessions(&g).await.unwrap()[0].value, session("s3", ""), "an empty client name kept");
 }
 
 async fn drop_session_frees_leases_and_handoffs(l: Leases) {
@@ -467,6 +475,7 @@ async fn stale_sessions_are_removed_at_the_version_seen(l: Leases) {
 async fn lease_generation_moves_with_lease_writes_only(l: Leases) {
     let g = group();
     let g0 = l.generation(&g).await.unwrap();
+    assert_eq!(g0, 0, "0 before the first write");
     sync(&l, &g, &[S0]).await;
     let g1 = l.generation(&g).await.unwrap();
     assert_ne!(g0, g1, "sync wrote a lease");
@@ -478,6 +487,8 @@ async fn lease_generation_moves_with_lease_writes_only(l: Leases) {
     let g2 = l.generation(&g).await.unwrap();
     assert_ne!(g1, g2, "an acquire is a lease write");
     assert!(l.acquire_many(&g, &[(stale, "s2".to_owned(), true)]).await.unwrap()[0].is_none());
+    let conflicting = LeaseWrite { lease: Lease::new(&shard(S0, &[], false)), expected: Some(99) };
+    assert_eq!(l.store().write_leases(&g, &[conflicting]).await.unwrap(), [None]);
     l.beat(&g, &["s1".to_owned()]).await.unwrap();
     assert_eq!(l.generation(&g).await.unwrap(), g2, "no lease written: sessions, refusals, no-op syncs");
     assert_eq!(l.generation(&GroupKey::new("app", "elsewhere")).await.unwrap(), 0);
