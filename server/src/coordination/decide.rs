@@ -51,6 +51,9 @@ pub(crate) enum ReleaseCause {
     Finished,
     /// The client did not answer a revoke within the handoff grace.
     GraceExpired,
+    /// This instance gave the lease up at this epoch, yet a read shows it still held so:
+    /// the release did not land (a store error or timeout), or the read predates it.
+    Retry,
 }
 
 /// One step for the group worker.

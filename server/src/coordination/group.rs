@@ -618,8 +618,21 @@ impl Group {
                 Action::Start { session, lease } => {
                     // Released (by its client, or as given up) while this round read:
                     // that epoch is over for this instance.
-                    if state.given_up.get(&lease.shard_id).is_some_and(|e| *e >= lease.epoch) {
-                        continue;
+                    match state.given_up.get(&lease.shard_id) {
+                        // Still held at the epoch given up: release it again (refused if the
+                        // first release did land). Without this a release lost to a store
+                        // timeout left a live session holding the lease unread for good.
+                        Some(e) if *e == lease.epoch => {
+                            rest.push(Action::Release {
+                                shard: lease.shard_id.clone(),
+                                session,
+                                epoch: lease.epoch,
+                                cause: ReleaseCause::Retry,
+                            });
+                            continue;
+                        }
+                        Some(e) if *e > lease.epoch => continue,
+                        _ => {}
                     }
                     if let Some(session) = state.sessions.get(&session).cloned() {
                         let reader = self.start_reader(&session, &lease);
@@ -789,6 +802,7 @@ mod tests {
     const STREAM: &str = "s";
 
     struct Fixture {
+        store: Arc<MemoryStore>,
         leases: Leases,
         source: Arc<MemorySource>,
         key: GroupKey,
@@ -798,8 +812,8 @@ mod tests {
     }
 
     async fn fixture(shards: usize) -> Fixture {
-        let store: Arc<dyn LeaseStore> = Arc::new(MemoryStore::new());
-        let leases = Leases::new(store);
+        let store = Arc::new(MemoryStore::new());
+        let leases = Leases::new(store.clone() as Arc<dyn LeaseStore>);
         let source = MemorySource::new();
         source.create_stream(STREAM, shards);
         let key = GroupKey::new("app", STREAM);
@@ -833,7 +847,7 @@ mod tests {
         group.add_session(session);
         let shutdown = CancellationToken::new();
         tokio::spawn(group.clone().run(shutdown.clone()));
-        Fixture { leases, source, key, group, events, shutdown }
+        Fixture { store, leases, source, key, group, events, shutdown }
     }
 
     impl Fixture {
@@ -968,6 +982,33 @@ mod tests {
                 again += b.records.len();
             }
         }
+        f.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_lost_to_a_store_failure_is_made_again() {
+        let mut f = fixture(2).await;
+        for _ in 0..2 {
+            f.next(|e| matches!(e, Event::ShardAssigned(_)).then_some(())).await;
+        }
+        let _remote = f.remote_session("s2").await;
+        let lease = f.leases.get(&f.key, &shard(1)).await.unwrap().unwrap();
+        assert_eq!(f.leases.request_handoffs(&f.key, &[(lease, "s2".into())]).await.unwrap(), vec![true]);
+        f.next(|e| matches!(e, Event::ShardRevoked(_)).then_some(())).await;
+        // The client never answers; the group's own release after the grace fails once.
+        f.store.fail_lease_writes(1);
+        let handed = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let l = f.leases.get(&f.key, &shard(1)).await.unwrap().unwrap();
+                if l.value.owner.as_deref() == Some("s2") {
+                    return l.value.epoch;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        assert_eq!(handed.await.expect("handed over after the failed release"), 2);
+        let held = f.leases.get(&f.key, &shard(0)).await.unwrap().unwrap();
+        assert_eq!((held.value.owner.as_deref(), held.value.epoch), (Some("s1"), 1), "the other lease stays");
         f.shutdown.cancel();
     }
 

@@ -27,6 +27,8 @@ pub struct MemoryStore {
     groups: Mutex<HashMap<GroupKey, Group>>,
     watchers: Mutex<HashMap<GroupKey, Vec<UnboundedSender<()>>>>,
     calls: AtomicU64,
+    /// Lease writes still to fail (fault injection for tests).
+    failing_writes: AtomicU64,
 }
 
 impl MemoryStore {
@@ -38,6 +40,12 @@ impl MemoryStore {
     /// How many trait calls (round trips) were made so far: lets tests check a round's cost.
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Makes the next `n` lease writes fail as unavailable, storing nothing: a store
+    /// timeout or outage as a round sees it.
+    pub fn fail_lease_writes(&self, n: u64) {
+        self.failing_writes.store(n, Ordering::SeqCst);
     }
 
     fn with<T>(&self, group: &GroupKey, f: impl FnOnce(&mut Group) -> T) -> StoreResult<T> {
@@ -58,6 +66,10 @@ impl LeaseStore for MemoryStore {
     }
 
     async fn write_leases(&self, group: &GroupKey, writes: &[LeaseWrite]) -> StoreResult<Vec<Option<u64>>> {
+        let failing = self.failing_writes.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(super::StoreError::Unavailable("memory store: injected lease write failure".into()));
+        }
         self.with(group, |g| {
             let out: Vec<Option<u64>> = writes
                 .iter()
