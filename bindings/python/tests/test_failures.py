@@ -8,7 +8,7 @@ import time
 from collections import defaultdict
 
 from kinesis_butler import Consumer, RecordFailed
-from support import AWS_ENV, run_bounded, unique
+from support import AWS_ENV, Worker, run_bounded, unique
 
 FAST = {"retry_initial_delay": 0.02, "retry_max_delay": 0.1, "reconnect_initial_delay": 0.05}
 
@@ -225,7 +225,7 @@ def test_lanes_of_parallelization_factor_4_keep_each_keys_order_and_handle_every
         server.endpoint,
         unique("app"),
         [stream.name],
-        max_records_per_batch=100,
+        max_records_per_batch=200,
         parallelization_factor=4,
         **FAST,
     )
@@ -249,10 +249,41 @@ def test_lanes_of_parallelization_factor_4_keep_each_keys_order_and_handle_every
         assert len(seqs) == 20, f"{key}: {len(seqs)} records"
         assert seqs == sorted(seqs), f"{key} in order"
     assert sorted(s for seqs in seen.values() for s in seqs) == [int(seq) for seq, _ in puts], "every record once"
+    assert state["max"] > 1, f"lanes ran at once: {state}"
     assert state["max"] <= 4, f"at most one call per lane: {state}"
     leases = server.leases(consumer.app, stream.name)["leases"]
     checkpoint = {lease["shard_id"]: lease["checkpoint"] for lease in leases}
     assert checkpoint[shard] == puts[-1][0], "the checkpoint covers every lane"
+
+
+def test_lanes_lose_nothing_when_the_consumer_process_is_killed_and_another_takes_over(server, make_stream):
+    stream = make_stream(1)
+    stream.put_records(800, size=20, key=lambda n: f"key-{n % 40}")
+    [(shard, puts)] = stream.put.items()
+    everything = {(shard, seq) for seq, _ in puts}
+    app = unique("app")
+    # A line per call once it is done: what a worker printed, it handled.
+    args = ("--parallelization-factor", "4", "--max-records-per-batch", "200", "--work-ms", "20")
+    first = Worker(server.endpoint, app, stream.name, *args)
+    try:
+        first.wait_for(lambda w: len(w.records()) >= 250, 60, "the first worker to handle a third of the records")
+    finally:
+        first.kill()
+    second = Worker(server.endpoint, app, stream.name, *args)
+    try:
+        second.wait_for(
+            lambda w: everything <= set(first.records()) | set(w.records()), 60, "every record handled by one of them"
+        )
+    finally:
+        second.kill()
+    assert len(first.records()) < len(everything), "the first worker was killed before the end"
+    for worker in (first, second):
+        by_key = defaultdict(list)
+        for b in worker.batches():
+            for key, seq in zip(b["keys"], b["seqs"]):
+                by_key[key].append(int(seq))
+        for key, seqs in by_key.items():
+            assert seqs == sorted(set(seqs)), f"{key}: in order, once, within one worker"
 
 
 def test_a_poison_record_goes_to_a_kinesis_dead_letter_stream_with_its_metadata(server, make_stream, monkeypatch):
