@@ -185,6 +185,16 @@ test('an AbortSignal stops run(); Symbol.asyncDispose stops and waits; run() aft
   await running
 })
 
+test('stop() right after run() ends that run gracefully (the run begins at the call)', async () => {
+  const stream = await newStream(1)
+  for (let i = 0; i < 5; i++) {
+    const consumer = new Consumer(server().endpoint, unique('app'), stream.name, FAST)
+    const running = consumer.run(() => {})
+    consumer.stop()
+    assert.equal(await within(10000, 'the stopped run to end', running), undefined, 'resolved, not a StoppedError')
+  }
+})
+
 test('one error model: code, grpcCode, retryable', async () => {
   const missing = new Consumer(server().endpoint, unique('app'), unique('no-such-stream'), FAST)
   await assert.rejects(missing.run(() => {}), (e) => {
