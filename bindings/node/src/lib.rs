@@ -453,13 +453,27 @@ impl NativeConsumer {
     }
 
     /// Runs `handler` until the consumer stops; resolves `null`, or the error that
-    /// stopped it.
+    /// stopped it. The run begins at this call (a `stop()` right after it ends the run
+    /// gracefully), not when the runtime first polls it.
     #[napi(
-        ts_args_type = "handler: (batch: NativeBatch) => Promise<string | undefined | null>, hooks?: ((event: ShardEvent) => Promise<string | undefined | null>) | null"
+        ts_args_type = "handler: (batch: NativeBatch) => Promise<string | undefined | null>, hooks?: ((event: ShardEvent) => Promise<string | undefined | null>) | null",
+        ts_return_type = "Promise<ErrorInfo | null>"
     )]
-    pub async fn run(&self, handler: JsHandler, hooks: Option<JsHooks>) -> Result<Option<ErrorInfo>> {
+    pub fn run<'env>(
+        &self,
+        env: &'env Env,
+        handler: JsHandler,
+        hooks: Option<JsHooks>,
+    ) -> Result<PromiseRaw<'env, Option<ErrorInfo>>> {
         let handler = Arc::new(NodeHandler { tsfn: Arc::new(handler), hooks: hooks.map(Arc::new) });
-        Ok(self.inner.run_shared(handler).await.err().map(ErrorInfo::from))
+        let run = self.inner.begin(handler);
+        env.spawn_future(async move {
+            let result = match run {
+                Ok(run) => run.finish().await,
+                Err(e) => Err(e),
+            };
+            Ok(result.err().map(ErrorInfo::from))
+        })
     }
 
     /// Stops gracefully: batches in hand finish and are checkpointed, then the session

@@ -1,35 +1,21 @@
 'use strict'
 // Consuming a real stream through a real server, in one process.
-const { test, before, after } = require('node:test')
+const { test } = require('node:test')
 const assert = require('node:assert/strict')
 
 const kb = require('kinesis-butler')
 const { Consumer, HandlerError } = kb
-const { Server, Stream, Recorder, assertOnceInOrder, runBounded, stopAt, unique } = require('./helpers.js')
+const { useServer, Recorder, assertOnceInOrder, runBounded, stopAt, unique } = require('./helpers.js')
 
 const FAST = { retryInitialDelayMs: 20, retryMaxDelayMs: 100, reconnectInitialDelayMs: 50 }
-let server
-const streams = []
-const newStream = async (shards) => {
-  const s = await Stream.create(shards)
-  streams.push(s)
-  return s
-}
-
-before(async () => {
-  server = await Server.start()
-})
-after(async () => {
-  await Promise.all(streams.map((s) => s.delete()))
-  await server.stop()
-})
+const { server, newStream } = useServer()
 
 for (const style of ['sync', 'async']) {
   test(`every record once, in order per shard (${style} handler)`, async () => {
     const stream = await newStream(4)
     await stream.putRecords(1200)
     const app = unique('app')
-    const consumer = new Consumer(server.endpoint, app, [stream.name], { maxRecordsPerBatch: 100, ...FAST })
+    const consumer = new Consumer(server().endpoint, app, [stream.name], { maxRecordsPerBatch: 100, ...FAST })
     const recorder = new Recorder()
     const record = stopAt(consumer, recorder, stream.count)
     const handler =
@@ -46,7 +32,7 @@ for (const style of ['sync', 'async']) {
     // Everything was checkpointed: the next consumer of the app gets only new records.
     const before = stream.keys()
     await stream.putRecords(40)
-    const again = new Consumer(server.endpoint, app, stream.name, FAST)
+    const again = new Consumer(server().endpoint, app, stream.name, FAST)
     const later = new Recorder()
     await runBounded(again, stopAt(again, later, 40), 60000)
     const fresh = new Set([...stream.keys()].filter((k) => !before.has(k)))
@@ -60,7 +46,7 @@ test('records and batches carry the Kinesis fields', async () => {
   const startedAt = Date.now() - 5000
   // Partition keys beyond ASCII (a surrogate pair too): records cross as columns with offsets.
   await stream.putRecords(5, 64, 'ключ-😀-')
-  const consumer = new Consumer(server.endpoint, unique('app'), [stream.name], FAST)
+  const consumer = new Consumer(server().endpoint, unique('app'), [stream.name], FAST)
   let seen
   await runBounded(
     consumer,
@@ -100,7 +86,7 @@ for (const style of ['throws', 'rejects']) {
   test(`a handler that ${style} is retried and the checkpoint waits for its success`, async () => {
     const stream = await newStream(2)
     await stream.putRecords(200)
-    const consumer = new Consumer(server.endpoint, unique('app'), [stream.name], { handlerRetries: 5, ...FAST })
+    const consumer = new Consumer(server().endpoint, unique('app'), [stream.name], { handlerRetries: 5, ...FAST })
     const recorder = new Recorder()
     const record = stopAt(consumer, recorder, stream.count)
     const failures = []
@@ -137,7 +123,7 @@ for (const style of ['throws', 'rejects']) {
     const stream = await newStream(2)
     await stream.putRecords(100)
     const app = unique('app')
-    const consumer = new Consumer(server.endpoint, app, [stream.name], { handlerRetries: 2, ...FAST })
+    const consumer = new Consumer(server().endpoint, app, [stream.name], { handlerRetries: 2, ...FAST })
     const bad = 'shardId-000000000001'
     const handled = new Recorder()
     const attempts = []
@@ -170,7 +156,7 @@ for (const style of ['throws', 'rejects']) {
     // The failed batch was not checkpointed: the next consumer starts with it and gets
     // nothing the first one handled.
     const expected = new Set([...stream.keys()].filter((k) => !handled.keys().has(k)))
-    const again = new Consumer(server.endpoint, app, [stream.name], FAST)
+    const again = new Consumer(server().endpoint, app, [stream.name], FAST)
     const later = new Recorder()
     await runBounded(again, stopAt(again, later, expected.size), 60000)
     assert.equal(later.handled().get(bad)[0].seq, stream.put.get(bad)[0].seq)
@@ -183,7 +169,7 @@ test('manual checkpoints', async () => {
   const stream = await newStream(2)
   await stream.putRecords(200)
   const app = unique('app')
-  const consumer = new Consumer(server.endpoint, app, [stream.name], { checkpoint: 'manual', ...FAST })
+  const consumer = new Consumer(server().endpoint, app, [stream.name], { checkpoint: 'manual', ...FAST })
   const marks = new Map()
   await runBounded(
     consumer,
@@ -200,7 +186,7 @@ test('manual checkpoints', async () => {
   assert.equal(marks.size, 2)
 
   // Reading resumes right after each manual checkpoint, not after what was handled.
-  const again = new Consumer(server.endpoint, app, [stream.name], { checkpoint: 'manual', ...FAST })
+  const again = new Consumer(server().endpoint, app, [stream.name], { checkpoint: 'manual', ...FAST })
   const firsts = new Map()
   await runBounded(
     again,
@@ -220,7 +206,7 @@ test('manual checkpoints', async () => {
 test('checkpoint with something that is not a record is refused', async () => {
   const stream = await newStream(1)
   await stream.putRecords(5)
-  const consumer = new Consumer(server.endpoint, unique('app'), [stream.name], { checkpoint: 'manual', ...FAST })
+  const consumer = new Consumer(server().endpoint, unique('app'), [stream.name], { checkpoint: 'manual', ...FAST })
   const outcomes = []
   await runBounded(
     consumer,

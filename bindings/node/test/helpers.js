@@ -94,12 +94,16 @@ class Stream {
     this.count = 0
   }
 
-  /** Puts `count` records `rec-<n>` (n counts on over calls), padded to `size` bytes, with partition keys `<keyPrefix><n>`. */
+  /**
+   * Puts `count` records `rec-<n>` (n counts on over calls), padded to `size` bytes, with
+   * partition keys `<keyPrefix><n>` (or `keyPrefix(n)` when it is a function).
+   */
   async putRecords(count, size = 100, keyPrefix = 'key-') {
+    const keyOf = typeof keyPrefix === 'function' ? keyPrefix : (n) => `${keyPrefix}${n}`
     let pending = []
     for (let i = 0; i < count; i++) {
       const data = Buffer.from(`rec-${String(this.count).padStart(8, '0')}-`.padEnd(size, '.'))
-      pending.push({ key: `${keyPrefix}${this.count}`, data })
+      pending.push({ key: keyOf(this.count), data })
       this.count++
     }
     const deadline = Date.now() + 120000
@@ -121,6 +125,18 @@ class Stream {
       })
     }
     for (const records of this.put.values()) records.sort(bySeq)
+  }
+
+  /** Every record of a one-shard stream from its start (`Data` decoded to a Buffer). */
+  async readAll() {
+    const { Shards: [shard] } = await kinesis('ListShards', { StreamName: this.name })
+    const { ShardIterator } = await kinesis('GetShardIterator', {
+      StreamName: this.name,
+      ShardId: shard.ShardId,
+      ShardIteratorType: 'TRIM_HORIZON',
+    })
+    const { Records } = await kinesis('GetRecords', { ShardIterator })
+    return Records.map((r) => ({ ...r, Data: Buffer.from(r.Data, 'base64') }))
   }
 
   /** Set of "shard/seq" of every record put. */
@@ -211,6 +227,32 @@ class Server {
     if (this.exited) return
     this.process.kill('SIGTERM')
     await within(10000, 'the server to exit', once(this.process, 'exit')).catch(() => this.process.kill('SIGKILL'))
+  }
+}
+
+/**
+ * One server for a test file (started before its tests, stopped after them) and fresh
+ * streams deleted after them: `const { server, newStream } = useServer()`, then
+ * `server().endpoint` and `await newStream(shards)` inside tests.
+ */
+function useServer() {
+  const { before, after } = require('node:test')
+  let server
+  const streams = []
+  before(async () => {
+    server = await Server.start()
+  })
+  after(async () => {
+    await Promise.all(streams.map((s) => s.delete()))
+    await server.stop()
+  })
+  return {
+    server: () => server,
+    newStream: async (shards) => {
+      const s = await Stream.create(shards)
+      streams.push(s)
+      return s
+    },
   }
 }
 
@@ -379,6 +421,7 @@ module.exports = {
   kinesis,
   Stream,
   Server,
+  useServer,
   Recorder,
   Worker,
   freePort,

@@ -2,34 +2,21 @@
 // The idioms of the package against a real server: handler objects with shard hooks,
 // for await, AbortSignal, Symbol.asyncDispose, one error model, cross-shard checkpoints,
 // logger objects, environment defaults.
-const { test, before, after } = require('node:test')
+const { test } = require('node:test')
 const assert = require('node:assert/strict')
 const { EventEmitter, once } = require('node:events')
 
 const kb = require('kinesis-butler')
 const { Consumer, InvalidArgumentError, StoppedError } = kb
-const { Server, Stream, unique, waitUntil, within } = require('./helpers.js')
+const { useServer, unique, waitUntil, within } = require('./helpers.js')
 
 const FAST = { retryInitialDelayMs: 20, retryMaxDelayMs: 100, reconnectInitialDelayMs: 50 }
-let server
-const streams = []
-const newStream = async (shards) => {
-  const s = await Stream.create(shards)
-  streams.push(s)
-  return s
-}
-before(async () => {
-  server = await Server.start()
-})
-after(async () => {
-  await Promise.all(streams.map((s) => s.delete()))
-  await server.stop()
-})
+const { server, newStream } = useServer()
 
 const lastPerShard = (stream) =>
   Object.fromEntries([...stream.put].map(([shard, records]) => [shard, records[records.length - 1].seq]))
 const stored = (app, stream) => {
-  const state = server.leases(app, stream.name)
+  const state = server().leases(app, stream.name)
   return [Object.fromEntries(state.leases.map((l) => [l.shard_id, l.checkpoint])), state]
 }
 
@@ -74,8 +61,8 @@ test('handler object hooks see every assignment and revocation of a rebalance in
   await stream.putRecords(40)
   const app = unique('app')
   const timeline = new Timeline()
-  const first = new Consumer(server.endpoint, app, stream.name, FAST)
-  const second = new Consumer(server.endpoint, app, stream.name, FAST)
+  const first = new Consumer(server().endpoint, app, stream.name, FAST)
+  const second = new Consumer(server().endpoint, app, stream.name, FAST)
   const events = []
   first.on('shardStopped', (shard, reason) => events.push([shard.shardId, reason]))
   const runs = [first.run(hooked('first', timeline), { handleSignals: false })]
@@ -118,7 +105,7 @@ test('for await consumes and checkpoints a stream to the end', async () => {
   const stream = await newStream(2)
   await stream.putRecords(300)
   const app = unique('app')
-  const consumer = new Consumer(server.endpoint, app, stream.name, { maxRecordsPerBatch: 50, ...FAST })
+  const consumer = new Consumer(server().endpoint, app, stream.name, { maxRecordsPerBatch: 50, ...FAST })
   const watchdog = setTimeout(() => consumer.stop(), 60000)
   let seen = 0
   for await (const batch of consumer) {
@@ -140,7 +127,7 @@ test('breaking out of for await stops the consumer; the batch in hand is not che
   const stream = await newStream(1)
   await stream.putRecords(60)
   const app = unique('app')
-  const consumer = new Consumer(server.endpoint, app, stream.name, { maxRecordsPerBatch: 10, ...FAST })
+  const consumer = new Consumer(server().endpoint, app, stream.name, { maxRecordsPerBatch: 10, ...FAST })
   const watchdog = setTimeout(() => consumer.stop(), 60000)
   const seen = []
   for await (const batch of consumer.batches({ handleSignals: false })) {
@@ -156,7 +143,7 @@ test('breaking out of for await stops the consumer; the batch in hand is not che
 test('a cross-shard checkpoint is refused by the client', async () => {
   const stream = await newStream(2)
   await stream.putRecords(40)
-  const consumer = new Consumer(server.endpoint, unique('app'), stream.name, { checkpoint: 'manual', ...FAST })
+  const consumer = new Consumer(server().endpoint, unique('app'), stream.name, { checkpoint: 'manual', ...FAST })
   const kept = new Map()
   let refused
   const watchdog = setTimeout(() => consumer.stop(), 60000)
@@ -178,7 +165,7 @@ test('an AbortSignal stops run(); Symbol.asyncDispose stops and waits; run() aft
   const stream = await newStream(1)
   await stream.putRecords(10)
   const controller = new AbortController()
-  const consumer = new Consumer(server.endpoint, unique('app'), stream.name, FAST)
+  const consumer = new Consumer(server().endpoint, unique('app'), stream.name, FAST)
   let batches = 0
   await within(60000, 'the aborted run to end', consumer.run(() => {
     batches++
@@ -188,7 +175,7 @@ test('an AbortSignal stops run(); Symbol.asyncDispose stops and waits; run() aft
   assert.ok(batches >= 1)
   await assert.rejects(consumer.run(() => {}), (e) => e instanceof StoppedError && e.code === 'stopped' && /create a new one/.test(e.message))
 
-  const disposable = new Consumer(server.endpoint, unique('app'), stream.name, FAST)
+  const disposable = new Consumer(server().endpoint, unique('app'), stream.name, FAST)
   let ended = false
   const running = disposable.run(() => {}).then(() => {
     ended = true
@@ -198,8 +185,18 @@ test('an AbortSignal stops run(); Symbol.asyncDispose stops and waits; run() aft
   await running
 })
 
+test('stop() right after run() ends that run gracefully (the run begins at the call)', async () => {
+  const stream = await newStream(1)
+  for (let i = 0; i < 5; i++) {
+    const consumer = new Consumer(server().endpoint, unique('app'), stream.name, FAST)
+    const running = consumer.run(() => {})
+    consumer.stop()
+    assert.equal(await within(10000, 'the stopped run to end', running), undefined, 'resolved, not a StoppedError')
+  }
+})
+
 test('one error model: code, grpcCode, retryable', async () => {
-  const missing = new Consumer(server.endpoint, unique('app'), unique('no-such-stream'), FAST)
+  const missing = new Consumer(server().endpoint, unique('app'), unique('no-such-stream'), FAST)
   await assert.rejects(missing.run(() => {}), (e) => {
     assert.ok(e instanceof kb.NotFoundError)
     assert.deepEqual([e.code, e.grpcCode, e.retryable, e.kind], ['not_found', 'NOT_FOUND', false, 'not_found'])

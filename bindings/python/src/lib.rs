@@ -224,8 +224,8 @@ impl PyConsumer {
     fn _run_blocking(&self, py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<()> {
         let handler = Arc::new(PyHandler::new(callables(&handler)?, None));
         logging::follow_python_level(py);
-        let consumer = self.inner.clone();
-        let mut task = runtime().spawn(async move { consumer.run_shared(handler).await });
+        let run = self.inner.begin(handler);
+        let mut task = runtime().spawn(async move { run?.finish().await });
         let mut pending_signal: Option<PyErr> = None;
         loop {
             let joined = py.detach(|| runtime().block_on(async { tokio::time::timeout(SIGNAL_POLL, &mut task).await }));
@@ -263,8 +263,8 @@ impl PyConsumer {
         let locals = pyo3_async_runtimes::tokio::get_current_locals(py)?;
         let handler = Arc::new(PyHandler::new(callables(&handler)?, Some(locals)));
         logging::follow_python_level(py);
-        let consumer = self.inner.clone();
-        attach::spawn_for_loop(py, async move { consumer.run_shared(handler).await })
+        let run = self.inner.begin(handler);
+        attach::spawn_for_loop(py, async move { run?.finish().await })
     }
 
     fn __repr__(&self) -> String {

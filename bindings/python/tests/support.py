@@ -94,12 +94,16 @@ class Stream:
             f"stream {self.name} to become ACTIVE",
         )
 
-    def put_records(self, count: int, size: int = 100) -> List[bytes]:
-        """Puts `count` records `rec-<n>` (n counts on over calls), padded to `size`."""
+    def put_records(self, count: int, size: int = 100, key: Optional[Callable[[int], str]] = None) -> List[bytes]:
+        """Puts `count` records `rec-<n>` (n counts on over calls), padded to `size`, with
+        partition key `key(n)` (default: a key of their own)."""
         datas = []
+        keys = {}
         for _ in range(count):
             data = f"rec-{self.count:08d}-".encode()
             datas.append(data.ljust(size, b"."))
+            if key is not None:
+                keys[len(datas) - 1] = key(self.count)
             self.count += 1
         pending = list(enumerate(datas))
         deadline = time.monotonic() + 120
@@ -111,7 +115,10 @@ class Stream:
                 {
                     "StreamName": self.name,
                     "Records": [
-                        {"Data": base64.b64encode(d).decode(), "PartitionKey": f"key-{i}-{d[4:12].decode()}"}
+                        {
+                            "Data": base64.b64encode(d).decode(),
+                            "PartitionKey": keys.get(i, f"key-{i}-{d[4:12].decode()}"),
+                        }
                         for i, d in chunk
                     ],
                 },
@@ -124,6 +131,16 @@ class Stream:
         for shard in self.put.values():
             shard.sort(key=lambda p: seq_key(p[0]))
         return datas
+
+    def read_all(self) -> List[dict]:
+        """Every record of a one-shard stream from its start (`Data` decoded to bytes)."""
+        [shard] = kinesis("ListShards", {"StreamName": self.name})["Shards"]
+        iterator = kinesis(
+            "GetShardIterator",
+            {"StreamName": self.name, "ShardId": shard["ShardId"], "ShardIteratorType": "TRIM_HORIZON"},
+        )["ShardIterator"]
+        records = kinesis("GetRecords", {"ShardIterator": iterator})["Records"]
+        return [{**r, "Data": base64.b64decode(r["Data"])} for r in records]
 
     def all_records(self) -> Dict[Tuple[str, str], bytes]:
         return {(shard, seq): data for shard, puts in self.put.items() for seq, data in puts}

@@ -16,11 +16,18 @@ def main() -> int:
     parser.add_argument("--async", dest="use_async", action="store_true")
     parser.add_argument("--checkpoint-every", type=int)
     parser.add_argument("--hang", action="store_true", help="once stopping, never finish the batch in hand")
+    parser.add_argument("--parallelization-factor", type=int)
+    parser.add_argument("--max-records-per-batch", type=int)
+    parser.add_argument("--work-ms", type=int, help="each call takes this long; its line is printed after it")
     args = parser.parse_args()
 
     options = {"reconnect_initial_delay": 0.05, "reconnect_max_delay": 0.5}
     if args.checkpoint_every:
         options["checkpoint_every_records"] = args.checkpoint_every
+    if args.max_records_per_batch:
+        options["max_records_per_batch"] = args.max_records_per_batch
+    if args.parallelization_factor:
+        options["parallelization_factor"] = args.parallelization_factor
     consumer = Consumer(args.endpoint, args.app, [args.stream], **options)
 
     def emit(batch):
@@ -29,6 +36,7 @@ def main() -> int:
             "shard": batch.shard_id,
             "seqs": [r.sequence_number for r in batch.records],
             "epoch": batch.lease_epoch,
+            "keys": [r.partition_key for r in batch.records],
         }
         sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.flush()
@@ -53,6 +61,8 @@ def main() -> int:
         import time
 
         def handle(batch):
+            if args.work_ms:
+                time.sleep(args.work_ms / 1000)
             emit(batch)
             if args.hang:
                 while not consumer.stopped:

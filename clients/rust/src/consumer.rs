@@ -123,15 +123,37 @@ impl Consumer {
 
     /// [`Consumer::run`] for a handler that is already shared (as bindings hold theirs).
     pub async fn run_shared(&self, handler: Arc<dyn Handler>) -> Result<(), Error> {
+        self.claim()?;
+        let _running = RunningGuard(&self.running);
+        self.serve(handler).await
+    }
+
+    /// Starts a run now: the checks of [`Consumer::run`] (not running already, not
+    /// stopped) are made at this call, not when the returned [`Run`] is first polled.
+    /// For callers whose `run()` returns before its future runs (the bindings' promises
+    /// and tasks): a [`Consumer::stop`] right after the call then ends this run
+    /// gracefully, instead of making it fail with [`crate::ErrorKind::Stopped`].
+    pub fn begin(self: &Arc<Self>, handler: Arc<dyn Handler>) -> Result<Run, Error> {
+        self.claim()?;
+        Ok(Run { consumer: self.clone(), handler })
+    }
+
+    /// Marks the consumer running, unless it is running already or was stopped.
+    fn claim(&self) -> Result<(), Error> {
         if self.running.swap(true, Ordering::AcqRel) {
             return Err(Error::InvalidArgument("this consumer is already running".into()));
         }
-        let _running = RunningGuard(&self.running);
         if self.stop.is_cancelled() {
+            self.running.store(false, Ordering::Release);
             // A stopped consumer stays stopped: running it again would return at once
             // and silently handle nothing.
             return Err(Error::Stopped);
         }
+        Ok(())
+    }
+
+    /// The run itself, once claimed.
+    async fn serve(&self, handler: Arc<dyn Handler>) -> Result<(), Error> {
         let shared = Arc::new(Shared {
             target: self.target.clone(),
             app: self.app.clone(),
@@ -227,6 +249,33 @@ impl Consumer {
 }
 
 /// Clears the running flag however `run` ends (also when its future is dropped).
+/// A run started by [`Consumer::begin`]; [`Run::finish`] runs it to its end. Dropped
+/// unfinished, it leaves the consumer free to run again.
+pub struct Run {
+    consumer: Arc<Consumer>,
+    handler: Arc<dyn Handler>,
+}
+
+impl Run {
+    /// Runs the handler until the consumer is stopped or fails, as [`Consumer::run`].
+    pub async fn finish(self) -> Result<(), Error> {
+        let handler = self.handler.clone();
+        self.consumer.serve(handler).await
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        self.consumer.running.store(false, Ordering::Release);
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Run").field("app", &self.consumer.app).finish_non_exhaustive()
+    }
+}
+
 struct RunningGuard<'a>(&'a AtomicBool);
 
 impl Drop for RunningGuard<'_> {
@@ -301,6 +350,26 @@ mod tests {
         let result = tokio::time::timeout(std::time::Duration::from_secs(10), consumer.run(handler)).await;
         let err = result.expect("bounded").expect_err("nobody listens");
         assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_run_begun_before_a_stop_ends_gracefully_and_the_checks_are_made_when_it_begins() {
+        // A port nobody listens on: the stopped run must not even try to connect.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let consumer = Arc::new(Consumer::new(&endpoint, "app", ["s"], ConsumerOptions::default()).unwrap());
+        let handler: Arc<dyn Handler> = Arc::new(|_batch: crate::Batch| async { Ok::<(), crate::HandlerError>(()) });
+        let run = consumer.begin(handler.clone()).expect("begins");
+        let again = consumer.begin(handler.clone()).expect_err("one run at a time");
+        assert_eq!(again.kind(), ErrorKind::InvalidArgument, "{again}");
+        drop(run);
+        // Dropped unfinished: free to begin again. Stopped before its first poll: Ok.
+        let run = consumer.begin(handler.clone()).expect("begins after a dropped run");
+        consumer.stop();
+        let result = tokio::time::timeout(std::time::Duration::from_secs(5), run.finish()).await;
+        result.expect("at once").expect("a stop after begin ends the run gracefully");
+        let err = consumer.begin(handler).expect_err("stopped before it began");
+        assert_eq!(err.kind(), ErrorKind::Stopped, "{err}");
     }
 
     #[tokio::test]

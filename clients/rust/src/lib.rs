@@ -158,7 +158,7 @@ mod test_support;
 
 pub use bytes::Bytes;
 pub use checkpointer::Checkpointer;
-pub use consumer::Consumer;
+pub use consumer::{Consumer, Run};
 pub use dead_letter::{DeadLetter, DeadLetterCallback, DeadLetterEntry, DeadLetterTarget, GiveUpReason};
 pub use defaults::{endpoint_or_env, resolve_pem, token_or_env, PemSource, ENDPOINT_ENV, TOKEN_ENV};
 pub use error::{Error, ErrorKind, HandlerError};
