@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
+use super::combiner::Combiner;
 use super::rules;
 use super::Versioned;
 use super::{Checkpoint, GroupKey, Lease, LeaseStore, LeaseWrite, SessionRecord, ShardInfo, StoreError, StoreResult};
@@ -16,6 +17,8 @@ pub const MAX_ATTEMPTS: usize = 16;
 #[derive(Clone)]
 pub struct Leases {
     store: Arc<dyn LeaseStore>,
+    /// Single-lease writes of concurrent callers go to the store together.
+    combiner: Arc<Combiner>,
 }
 
 fn contended(what: &str, group: &GroupKey) -> StoreError {
@@ -32,7 +35,7 @@ fn not_found(group: &GroupKey, shard_id: &str) -> StoreError {
 impl Leases {
     /// A driver over `store`.
     pub fn new(store: Arc<dyn LeaseStore>) -> Self {
-        Self { store }
+        Self { store, combiner: Arc::default() }
     }
 
     /// The backend.
@@ -76,7 +79,7 @@ impl Leases {
         if let Some(hint) = hint.filter(|h| h.value.shard_id == shard) {
             if let Ok(Some(next)) = rule(&hint.value) {
                 let write = LeaseWrite { lease: next, expected: Some(hint.version) };
-                if let Some(version) = self.store.write_leases(g, std::slice::from_ref(&write)).await?[0] {
+                if let Some(version) = self.combiner.write(&self.store, g, write.clone()).await? {
                     return Ok(Some(Versioned { version, value: write.lease }));
                 }
             }
@@ -87,7 +90,7 @@ impl Leases {
                 return Ok(None);
             };
             let write = LeaseWrite { lease: next, expected: Some(current.version) };
-            if let Some(version) = self.store.write_leases(g, std::slice::from_ref(&write)).await?[0] {
+            if let Some(version) = self.combiner.write(&self.store, g, write.clone()).await? {
                 return Ok(Some(Versioned { version, value: write.lease }));
             }
         }

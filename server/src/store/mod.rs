@@ -39,6 +39,7 @@
 //! (DynamoDB Streams are not in dynalite; callers poll). Liveness needs nothing more: no
 //! clock is stored.
 
+mod combiner;
 pub mod dynamodb;
 pub mod leases;
 pub mod memory;
@@ -220,7 +221,7 @@ pub struct LeaseWrite {
 }
 
 /// Store failures.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// No lease exists for the shard.
     #[error("no lease for shard {shard_id} of stream {stream} (app {app})")]
