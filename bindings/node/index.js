@@ -648,3 +648,5 @@ module.exports = {
   StoppedError,
   ServerError,
 }
+// For testing.js (not part of the API): a native ErrorInfo as the Error it throws.
+Object.defineProperty(module.exports, '_toError', { value: toError, enumerable: false })

@@ -41,7 +41,8 @@ export declare class NativeConsumer {
   constructor(endpoint: string | undefined | null, app: string, streams: Array<string>, options?: NativeOptions | undefined | null, onFailure?: ((entries: Array<DeadLetterInfo>) => Promise<string | undefined | null>) | undefined | null)
   /**
    * Runs `handler` until the consumer stops; resolves `null`, or the error that
-   * stopped it.
+   * stopped it. The run begins at this call (a `stop()` right after it ends the run
+   * gracefully), not when the runtime first polls it.
    */
   run(handler: (batch: NativeBatch) => Promise<string | undefined | null>, hooks?: ((event: ShardEvent) => Promise<string | undefined | null>) | null): Promise<ErrorInfo | null>
   /**
@@ -63,6 +64,14 @@ export interface CallFailure {
   failedSequenceNumber?: string
   failedSubSequenceNumber?: number
 }
+
+/**
+ * The client's rule that a batch checkpoints only records of its own shard
+ * (`kb::check_record_shard`), for `testing.js`'s batches: `null` when the record is of
+ * the batch's shard, else the refusal a real batch's `checkpoint` resolves (thrown
+ * alike, an `InvalidArgumentError`).
+ */
+export declare function checkRecordShard(batchStream: string, batchShardId: string, recordStream: string, recordShardId: string): ErrorInfo | null
 
 /** One given-up record, as the `onFailure` function receives it. */
 export interface DeadLetterInfo {
@@ -175,6 +184,21 @@ export interface PackedRecords {
  */
 export declare function setLogger(logger: ((event: LogEvent) => void) | null, level?: 'error' | 'warn' | 'info' | 'debug' | null): void
 
+/**
+ * A shard hook call as `index.js` receives it (it calls the handler object's
+ * `shardStarted(shard)` / `shardStopped(shard, reason)` and emits events).
+ */
+export interface ShardEvent {
+  event: 'started' | 'stopped'
+  stream: string
+  shardId: string
+  leaseEpoch: number
+  /** The stored checkpoint reading started after (empty when none). */
+  checkpoint: string
+  /** Why work on the shard ended (`stopped` only): the client's stable names. */
+  reason?: string
+}
+
 /** One shard held by the consumer. */
 export interface ShardStatsInfo {
   stream: string
@@ -196,21 +220,6 @@ export interface StatsInfo {
   bisectSteps: number
   handlerTimeouts: number
   shards: Array<ShardStatsInfo>
-}
-
-/**
- * A shard hook call as `index.js` receives it (it calls the handler object's
- * `shardStarted(shard)` / `shardStopped(shard, reason)` and emits events).
- */
-export interface ShardEvent {
-  event: 'started' | 'stopped'
-  stream: string
-  shardId: string
-  leaseEpoch: number
-  /** The stored checkpoint reading started after (empty when none). */
-  checkpoint: string
-  /** Why work on the shard ended (`stopped` only): the client's stable names. */
-  reason?: string
 }
 
 /**

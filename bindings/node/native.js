@@ -837,4 +837,5 @@ module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __n
 module.exports = nativeBinding
 module.exports.NativeBatch = nativeBinding.NativeBatch
 module.exports.NativeConsumer = nativeBinding.NativeConsumer
+module.exports.checkRecordShard = nativeBinding.checkRecordShard
 module.exports.setLogger = nativeBinding.setLogger

@@ -7,7 +7,8 @@
 //   const run = await runHandler(myHandler, batch)
 //   assert.deepEqual(run.checkpoints, [batch.records[1].sequenceNumber])
 
-const { Batch, Record, InvalidArgumentError } = require('./index.js')
+const { Batch, Record, InvalidArgumentError, _toError: toError } = require('./index.js')
+const { checkRecordShard } = require('./native.js')
 
 const FIRST_SEQUENCE = 49600000000000000000000000000000000000000000000000000000n
 
@@ -39,12 +40,9 @@ class TestBatch extends Batch {
 
   async checkpoint(record) {
     const at = record ?? this.records[this.records.length - 1]
-    if (at.stream !== this.stream || at.shardId !== this.shardId) {
-      throw new InvalidArgumentError(
-        `the record is from shard ${at.shardId} of stream ${at.stream}, not ${this.shardId} of ${this.stream}: ` +
-          'a batch checkpoints only records of its own shard',
-      )
-    }
+    // The client's rule, refused with the error a real batch's checkpoint throws.
+    const refused = checkRecordShard(this.stream, this.shardId, at.stream, at.shardId)
+    if (refused) throw toError(refused)
     this.checkpoints.push(at.sequenceNumber)
   }
 }

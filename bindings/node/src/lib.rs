@@ -329,6 +329,20 @@ impl NativeBatch {
     }
 }
 
+/// The client's rule that a batch checkpoints only records of its own shard
+/// (`kb::check_record_shard`), for `testing.js`'s batches: `null` when the record is of
+/// the batch's shard, else the refusal a real batch's `checkpoint` resolves (thrown
+/// alike, an `InvalidArgumentError`).
+#[napi]
+pub fn check_record_shard(
+    batch_stream: String,
+    batch_shard_id: String,
+    record_stream: String,
+    record_shard_id: String,
+) -> Option<ErrorInfo> {
+    kb::check_record_shard(&batch_stream, &batch_shard_id, &record_stream, &record_shard_id).err().map(ErrorInfo::from)
+}
+
 /// The handler as `index.js` passes it: resolves `undefined` when the batch was handled,
 /// or what the user's handler threw, described (`index.js` keeps the error itself).
 type JsHandler = ThreadsafeFunction<NativeBatch, Promise<Option<failure::CallFailure>>, NativeBatch, Status, false>;

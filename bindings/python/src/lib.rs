@@ -278,7 +278,7 @@ mod native {
     #[pymodule_export]
     use super::attach::quiesce;
     #[pymodule_export]
-    use super::types::{PyBatch, PyRecord, PyShard};
+    use super::types::{check_record_shard, PyBatch, PyRecord, PyShard};
     #[pymodule_export]
     use super::PyConsumer;
 

@@ -157,6 +157,21 @@ pub(crate) struct Target {
     sub_sequence: u64,
 }
 
+/// `check_record_shard(batch_stream, batch_shard_id, record_stream, record_shard_id)`:
+/// the client's rule that a batch checkpoints only records of its own shard
+/// ([`kb::check_record_shard`]), for `kinesis_butler.testing`'s batches; raises the
+/// `InvalidArgumentError` a real batch's `checkpoint` raises.
+#[pyfunction]
+pub(crate) fn check_record_shard(
+    py: Python<'_>,
+    batch_stream: &str,
+    batch_shard_id: &str,
+    record_stream: &str,
+    record_shard_id: &str,
+) -> PyResult<()> {
+    kb::check_record_shard(batch_stream, batch_shard_id, record_stream, record_shard_id).map_err(|e| to_py_err(py, e))
+}
+
 async fn store(checkpointer: kb::Checkpointer, target: Option<Target>) -> Result<(), kb::Error> {
     match target {
         None => checkpointer.checkpoint().await,

@@ -271,15 +271,39 @@ impl Checkpointer {
         sub_sequence_number: u64,
     ) -> Result<(), Error> {
         let shard = self.lease.shard();
-        if stream != shard.stream || shard_id != shard.shard_id {
-            return Err(Error::InvalidArgument(format!(
-                "the record is from shard {shard_id} of stream {stream}, not {} of {}: \
-                 a batch checkpoints only records of its own shard",
-                shard.shard_id, shard.stream
-            )));
-        }
+        check_record_shard(&shard.stream, &shard.shard_id, stream, shard_id)?;
         self.checkpoint_sequence(sequence_number, sub_sequence_number).await
     }
+}
+
+/// The rule that a batch checkpoints only records of its own shard: `Ok` when the record
+/// (of shard `record_shard_id` of stream `record_stream`) is of the batch's shard
+/// (`batch_shard_id` of `batch_stream`), else [`Error::InvalidArgument`] naming both.
+///
+/// [`Checkpointer::checkpoint_record_of`] checks it before sending anything; the
+/// bindings' test batches (`kinesis_butler.testing`, `kinesis-butler/testing`) call it
+/// too, so a stand-in batch refuses a record exactly as a real one does.
+///
+/// ```
+/// use kinesis_butler_client::{check_record_shard, ErrorKind};
+///
+/// assert!(check_record_shard("orders", "shardId-000000000000", "orders", "shardId-000000000000").is_ok());
+/// let refused = check_record_shard("orders", "shardId-000000000000", "orders", "shardId-000000000001").unwrap_err();
+/// assert_eq!(refused.kind(), ErrorKind::InvalidArgument);
+/// ```
+pub fn check_record_shard(
+    batch_stream: &str,
+    batch_shard_id: &str,
+    record_stream: &str,
+    record_shard_id: &str,
+) -> Result<(), Error> {
+    if record_stream == batch_stream && record_shard_id == batch_shard_id {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument(format!(
+        "the record is from shard {record_shard_id} of stream {record_stream}, not {batch_shard_id} of \
+         {batch_stream}: a batch checkpoints only records of its own shard"
+    )))
 }
 
 impl std::fmt::Debug for Checkpointer {
@@ -410,5 +434,27 @@ mod tests {
         let _second = Checkpointer::new(lease, pos("50"));
         first.checkpoint_record_of("s", "shard-1", "45", 0).await.unwrap();
         assert_eq!(stored(&butler), vec![("shard-1".to_owned(), 7, "45".to_owned(), false, false)]);
+    }
+
+    #[test]
+    fn a_record_of_another_shard_or_stream_is_refused_by_the_one_rule() {
+        assert!(check_record_shard("s", "shard-1", "s", "shard-1").is_ok());
+        let err = check_record_shard("s", "shard-1", "s", "shard-2").expect_err("another shard");
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        assert_eq!(
+            err.to_string(),
+            "invalid argument: the record is from shard shard-2 of stream s, not shard-1 of s: \
+             a batch checkpoints only records of its own shard"
+        );
+        let err = check_record_shard("s", "shard-1", "other", "shard-1").expect_err("another stream");
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        assert_eq!(
+            err.to_string(),
+            "invalid argument: the record is from shard shard-1 of stream other, not shard-1 of s: \
+             a batch checkpoints only records of its own shard"
+        );
+        // The same shard id in another stream is another shard; names are compared whole.
+        assert!(check_record_shard("s", "shard-1", "s", "shard-10").is_err());
+        assert!(check_record_shard("s", "shard-1", "", "").is_err());
     }
 }

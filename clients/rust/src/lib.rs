@@ -157,7 +157,7 @@ mod stats;
 mod test_support;
 
 pub use bytes::Bytes;
-pub use checkpointer::Checkpointer;
+pub use checkpointer::{check_record_shard, Checkpointer};
 pub use consumer::{Consumer, Run};
 pub use dead_letter::{DeadLetter, DeadLetterCallback, DeadLetterEntry, DeadLetterTarget, GiveUpReason};
 pub use defaults::{endpoint_or_env, resolve_pem, token_or_env, PemSource, ENDPOINT_ENV, TOKEN_ENV};

@@ -6,7 +6,7 @@ from typing import Any, Awaitable, Callable, Dict, Iterable, Iterator, List, Lit
 
 from typing_extensions import Self, disjoint_base
 
-__all__ = ["Batch", "Consumer", "Record", "Shard", "quiesce"]
+__all__ = ["Batch", "Consumer", "Record", "Shard", "check_record_shard", "quiesce"]
 
 #: Seconds, or a timedelta.
 _Duration = Union[float, int, datetime.timedelta]
@@ -198,3 +198,8 @@ class Consumer:
 
 def quiesce(timeout: float = 2.0) -> bool:
     """Waits until no Rust thread is in a Python call (registered with ``atexit``)."""
+
+def check_record_shard(batch_stream: str, batch_shard_id: str, record_stream: str, record_shard_id: str) -> None:
+    """The client's rule that a batch checkpoints only records of its own shard: raises
+    ``InvalidArgumentError`` (as a real ``Batch.checkpoint`` does) when the record's
+    shard or stream is not the batch's."""

@@ -23,6 +23,7 @@ import inspect
 from typing import Any, Iterable, List, Optional, Sequence, Union
 
 from ._errors import InvalidArgumentError
+from ._native import check_record_shard
 
 __all__ = [
     "TestRecord",
@@ -117,11 +118,7 @@ class TestBatch:
         """Records a checkpoint at ``record`` (of this batch's shard) or the batch's end."""
         if record is None:
             record = self.records[-1]
-        if record.stream != self.stream or record.shard_id != self.shard_id:
-            raise InvalidArgumentError(
-                f"the record is from shard {record.shard_id} of stream {record.stream}, "
-                f"not {self.shard_id} of {self.stream}: a batch checkpoints only records of its own shard"
-            )
+        check_record_shard(self.stream, self.shard_id, record.stream, record.shard_id)
         self.checkpoints.append(record.sequence_number)
 
     async def checkpoint_async(self, record: Optional[TestRecord] = None) -> None:
