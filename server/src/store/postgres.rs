@@ -2,9 +2,12 @@
 //!
 //! Tables `kb_leases_v2`, `kb_sessions_v2` and `kb_lease_generations_v2` live in the schema
 //! named by the URL's optional `schema=…` query parameter (default `public`) and are created
-//! on open. Every call is one statement; no lease rule lives here: writes are
-//! compare-and-set on the row's `version` (the contract of [`LeaseStore`]). A few
-//! connections are kept; one that died is reopened on the next call.
+//! on open. Every call is one statement, except a lease write: one transaction that takes
+//! the group's next generation (queueing the group's writers on that row) and stamps the
+//! rows it writes with it, which makes the changed-since read exact. No lease rule lives
+//! here: writes are compare-and-set on the row's `version` (the contract of
+//! [`LeaseStore`]). A few connections are kept for reads and writes, and one more for
+//! session renewals and pings; one that died is reopened on the next call.
 //!
 //! TLS: `sslmode=require` connects over TLS (rustls) and verifies the server certificate
 //! against the system roots, or against the PEM file named by `sslrootcert=PATH`.
