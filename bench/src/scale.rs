@@ -100,6 +100,8 @@ struct Board {
     first_cross_instance: HashMap<usize, Instant>,
     /// Per session: when its SessionStarted arrived.
     started: HashMap<usize, Instant>,
+    /// Records received and not yet checkpointed (waiting for the tick or in flight).
+    unsettled: HashMap<usize, usize>,
 }
 
 impl Board {
@@ -152,6 +154,17 @@ struct Shared {
     changed: Notify,
 }
 
+impl Shared {
+    /// Counts `who`'s records not yet checkpointed up (+1) or down (-1).
+    fn settle(&self, who: usize, by: isize) {
+        let mut b = self.board.lock().expect("board");
+        let n = b.unsettled.entry(who).or_default();
+        *n = n.saturating_add_signed(by);
+        drop(b);
+        self.changed.notify_waiters();
+    }
+}
+
 /// One lightweight session: reads events, answers revokes with a release at once (with
 /// the last sequence received), checkpoints what it received every 2 s.
 async fn session(who: usize, channel: Channel, shared: Arc<Shared>, stop: CancellationToken) -> Result<()> {
@@ -175,7 +188,7 @@ async fn session(who: usize, channel: Channel, shared: Arc<Shared>, stop: Cancel
             _ = tick.tick() => {
                 let due: Vec<(String, (u64, String))> = pending.drain().collect();
                 if !due.is_empty() {
-                    let (mut c, id) = (client.clone(), session_id.clone());
+                    let (mut c, id, shared) = (client.clone(), session_id.clone(), shared.clone());
                     tokio::spawn(async move {
                         for (shard, (epoch, seq)) in due {
                             let req = pb::CheckpointRequest {
@@ -183,6 +196,7 @@ async fn session(who: usize, channel: Channel, shared: Arc<Shared>, stop: Cancel
                                 lease_epoch: epoch, sequence_number: seq, ..Default::default()
                             };
                             let _ = c.checkpoint(req).await;
+                            shared.settle(who, -1);
                         }
                     });
                 }
@@ -203,14 +217,21 @@ async fn session(who: usize, channel: Channel, shared: Arc<Shared>, stop: Cancel
                     }
                     Some(Event::Records(batch)) => {
                         if let Some(last) = batch.records.last() {
-                            pending.insert(batch.shard_id.clone(), (batch.lease_epoch, last.sequence_number.clone()));
+                            let entry = (batch.lease_epoch, last.sequence_number.clone());
+                            if pending.insert(batch.shard_id.clone(), entry).is_none() {
+                                shared.settle(who, 1);
+                            }
                         }
                     }
                     Some(Event::ShardRevoked(r)) => {
                         shared.board.lock().expect("board").unassign(who, &r.shard_id);
                         shared.changed.notify_waiters();
                         epochs.remove(&r.shard_id);
-                        let last = pending.remove(&r.shard_id).filter(|(e, _)| *e == r.lease_epoch);
+                        let last = pending.remove(&r.shard_id);
+                        if last.is_some() {
+                            shared.settle(who, -1);
+                        }
+                        let last = last.filter(|(e, _)| *e == r.lease_epoch);
                         if r.reason != pb::shard_revoked::Reason::LeaseLost as i32 {
                             let (mut c, id) = (client.clone(), session_id.clone());
                             tokio::spawn(async move {
@@ -250,6 +271,22 @@ async fn wait_converged(shared: &Shared, shards: usize, sessions: usize, within:
         // Re-check at least every 100 ms, and after a burst of changes settles.
         let _ = tokio::time::timeout(Duration::from_millis(100), changed).await;
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits (up to `within`) until no session has a record it has not checkpointed.
+async fn wait_settled(shared: &Shared, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let changed = shared.changed.notified();
+        let unsettled: usize = shared.board.lock().expect("board").unsettled.values().sum();
+        if unsettled == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{unsettled} records still not checkpointed after {within:?}");
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), changed).await;
     }
 }
 
@@ -423,7 +460,9 @@ pub async fn run(args: &ScaleArgs) -> Result<Vec<Figure>> {
         2,
     ));
 
-    // Steady state: let the checkpoints of the first records settle, then measure.
+    // Steady state: once every record received is checkpointed (the first checkpoint of
+    // every shard is a write, not steady state), 5 s more, then measure.
+    wait_settled(&shared, Duration::from_secs(120)).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let moves_before = shared.board.lock().expect("board").assignments;
     let cpu_before: Vec<f64> = servers.iter().map(Server::cpu_seconds).collect();

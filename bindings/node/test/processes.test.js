@@ -1,25 +1,17 @@
 'use strict'
 // Consumers in separate processes: sharing shards, failover, SIGINT.
-const { test, before, after } = require('node:test')
+const { test } = require('node:test')
 const assert = require('node:assert/strict')
 const fs = require('node:fs')
 const path = require('node:path')
 
-const { Server, Stream, Worker, waitUntil, unique } = require('./helpers.js')
+const { Worker, useServer, waitUntil, unique } = require('./helpers.js')
 
-let server
-const streams = []
-before(async () => {
-  server = await Server.start()
-})
-after(async () => {
-  await Promise.all(streams.map((s) => s.delete()))
-  await server.stop()
-})
+const { server, newStream } = useServer()
 
 /** client name -> shards it holds, once no lease is being handed over; else null. */
 function holdings(app, stream) {
-  const state = server.leases(app, stream.name)
+  const state = server().leases(app, stream.name)
   if (state.leases.some((l) => l.handoff_to || !l.owner)) return null
   const names = new Map(state.sessions.map((s) => [s.session_id, s.client_name]))
   const held = {}
@@ -45,16 +37,15 @@ function assertOrderedPerLease(worker) {
 }
 
 test('two processes split the shards; one takes over when the other dies', async () => {
-  const stream = await Stream.create(4)
-  streams.push(stream)
+  const stream = await newStream(4)
   await stream.putRecords(200)
   const app = unique('app')
-  const first = new Worker(server.endpoint, app, stream.name)
+  const first = new Worker(server().endpoint, app, stream.name)
   let second
   try {
     await first.waitFor((w) => w.records().size >= 200, 60000, 'the first worker to read every record')
 
-    second = new Worker(server.endpoint, app, stream.name)
+    second = new Worker(server().endpoint, app, stream.name)
     const split = await waitUntil(
       () => {
         const h = holdings(app, stream)
@@ -108,12 +99,11 @@ test('two processes split the shards; one takes over when the other dies', async
 })
 
 for (const [signal, extra] of [['SIGINT', ['--own-sigint']], ['SIGTERM', []]]) test(`${signal} stops a worker cleanly with a final checkpoint and released leases`, async () => {
-  const stream = await Stream.create(2)
-  streams.push(stream)
+  const stream = await newStream(2)
   await stream.putRecords(100)
   const app = unique('app')
   // Checkpoints only every 10^6 records: only the final checkpoint can store progress.
-  const worker = new Worker(server.endpoint, app, stream.name, '--checkpoint-every', '1000000', ...extra)
+  const worker = new Worker(server().endpoint, app, stream.name, '--checkpoint-every', '1000000', ...extra)
   try {
     await worker.waitFor((w) => w.records().size >= 100, 60000, 'the worker to read every record')
     worker.process.kill(signal)
@@ -122,7 +112,7 @@ for (const [signal, extra] of [['SIGINT', ['--own-sigint']], ['SIGTERM', []]]) t
   } finally {
     await worker.kill()
   }
-  const state = server.leases(app, stream.name)
+  const state = server().leases(app, stream.name)
   assert.deepEqual(state.sessions, [])
   assert.deepEqual(state.leases.map((l) => l.owner), ['', ''], 'the leases were released')
   const checkpoints = Object.fromEntries(state.leases.map((l) => [l.shard_id, l.checkpoint]))
@@ -133,11 +123,10 @@ for (const [signal, extra] of [['SIGINT', ['--own-sigint']], ['SIGTERM', []]]) t
 // test.sh copies examples/node/processor.js next to the tests in the scratch project.
 const example = path.join(__dirname, '..', 'examples', 'processor.js')
 test('the example processor counts every record and stops on SIGINT', { skip: !fs.existsSync(example) }, async () => {
-  const stream = await Stream.create(4)
-  streams.push(stream)
+  const stream = await newStream(4)
   await stream.putRecords(300)
   const app = unique('app')
-  const processor = new Worker([example, '--endpoint', server.endpoint, '--app', app, '--stream', stream.name])
+  const processor = new Worker([example, '--endpoint', server().endpoint, '--app', app, '--stream', stream.name])
   const total = (w) => {
     const totals = w.lines.map((l) => /^total=(\d+)/.exec(l.text || '')).filter(Boolean)
     return totals.length ? Number(totals[totals.length - 1][1]) : 0
@@ -151,5 +140,5 @@ test('the example processor counts every record and stops on SIGINT', { skip: !f
   } finally {
     await processor.kill()
   }
-  assert.deepEqual(server.leases(app, stream.name).sessions, [])
+  assert.deepEqual(server().leases(app, stream.name).sessions, [])
 })

@@ -248,7 +248,6 @@ impl Consumer {
     }
 }
 
-/// Clears the running flag however `run` ends (also when its future is dropped).
 /// A run started by [`Consumer::begin`]; [`Run::finish`] runs it to its end. Dropped
 /// unfinished, it leaves the consumer free to run again.
 pub struct Run {
@@ -276,6 +275,7 @@ impl std::fmt::Debug for Run {
     }
 }
 
+/// Clears the running flag however `run` ends (also when its future is dropped).
 struct RunningGuard<'a>(&'a AtomicBool);
 
 impl Drop for RunningGuard<'_> {
