@@ -31,7 +31,8 @@ impl Server {
             .env("AWS_SECRET_ACCESS_KEY", "bench")
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ENDPOINT_URL_KINESIS", kinesis)
-            .env("RUST_LOG", "warn")
+            // KB_BENCH_SERVER_LOG: a log filter for the servers (to look into a figure).
+            .env("RUST_LOG", std::env::var("KB_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
             .spawn()
             .context("starting kinesis-butler (build it with cargo build --release)")?;
