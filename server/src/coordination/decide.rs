@@ -39,6 +39,8 @@ pub(crate) struct View<'a> {
     pub handoff_grace: Duration,
     /// Shutting down: take nothing, start nothing.
     pub draining: bool,
+    /// Shard → the highest epoch this instance gave up (stopped or released) at.
+    pub given_up: &'a HashMap<String, u64>,
     /// Where this instance starts among the free leases, as a fraction (see
     /// [`balancer::plan_from`]).
     pub free_start: (usize, usize),
@@ -173,8 +175,23 @@ pub(crate) fn decide(view: &View<'_>) -> Vec<Action> {
                 if reader.is_some() {
                     actions.push(Action::Stop { shard: shard.to_owned() });
                 }
-                if !view.draining {
-                    actions.push(Action::Start { session: session.to_owned(), lease: lease.clone() });
+                match view.given_up.get(shard) {
+                    _ if view.draining => {}
+                    // Still held at the epoch given up: the release did not land (a store
+                    // error or timeout), or this read predates it. Release again (refused
+                    // if it did land); a restart would read a lease this instance left.
+                    Some(e) if *e == lease.epoch => {
+                        released.insert(shard);
+                        actions.push(Action::Release {
+                            shard: shard.to_owned(),
+                            session: session.to_owned(),
+                            epoch: lease.epoch,
+                            cause: ReleaseCause::Retry,
+                        })
+                    }
+                    // A later epoch was given up: this read is older than that.
+                    Some(e) if *e > lease.epoch => {}
+                    _ => actions.push(Action::Start { session: session.to_owned(), lease: lease.clone() }),
                 }
             }
         }
@@ -245,6 +262,7 @@ mod tests {
         readers: BTreeMap<String, ReaderView>,
         now: Instant,
         draining: bool,
+        given_up: HashMap<String, u64>,
     }
 
     impl Case {
@@ -256,6 +274,7 @@ mod tests {
                 readers: BTreeMap::new(),
                 now: Instant::now(),
                 draining: false,
+                given_up: HashMap::new(),
             }
         }
         fn decide(&self) -> Vec<Action> {
@@ -267,6 +286,7 @@ mod tests {
                 now: self.now,
                 handoff_grace: Duration::from_secs(5),
                 draining: self.draining,
+                given_up: &self.given_up,
                 free_start: (0, 1),
             })
         }
@@ -291,6 +311,22 @@ mod tests {
         c.readers.insert("shard-0001".into(), reader("a", 3, None));
         let actions = c.decide();
         assert_eq!(actions.len(), 1, "a running reader of a held lease needs nothing: {actions:?}");
+    }
+
+    #[test]
+    fn a_lease_given_up_but_still_held_at_that_epoch_is_released_again() {
+        let mut c = Case::new(vec![lease(0, Some("a"), 3)], &["a"], &["a"]);
+        c.given_up.insert("shard-0000".into(), 3);
+        let release =
+            Action::Release { shard: "shard-0000".into(), session: "a".into(), epoch: 3, cause: ReleaseCause::Retry };
+        assert_eq!(c.decide(), [release]);
+        c.given_up.insert("shard-0000".into(), 4);
+        assert!(c.decide().is_empty(), "a read older than the epoch given up: nothing");
+        c.given_up.insert("shard-0000".into(), 2);
+        assert_eq!(c.decide(), [Action::Start { session: "a".into(), lease: c.leases[0].value.clone() }]);
+        c.draining = true;
+        c.given_up.insert("shard-0000".into(), 3);
+        assert!(c.decide().is_empty(), "draining: nothing started or released");
     }
 
     #[test]

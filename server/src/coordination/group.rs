@@ -605,6 +605,7 @@ impl Group {
             now,
             handoff_grace: self.settings.handoff_grace,
             draining: self.draining.load(Ordering::SeqCst),
+            given_up: &state.given_up,
             free_start: decide::free_start(
                 &self.instance_id,
                 state.records.iter().map(|r| (r.value.session_id.as_str(), r.value.instance_id.as_str())),
@@ -616,24 +617,6 @@ impl Group {
         for action in actions {
             match action {
                 Action::Start { session, lease } => {
-                    // Released (by its client, or as given up) while this round read:
-                    // that epoch is over for this instance.
-                    match state.given_up.get(&lease.shard_id) {
-                        // Still held at the epoch given up: release it again (refused if the
-                        // first release did land). Without this a release lost to a store
-                        // timeout left a live session holding the lease unread for good.
-                        Some(e) if *e == lease.epoch => {
-                            rest.push(Action::Release {
-                                shard: lease.shard_id.clone(),
-                                session,
-                                epoch: lease.epoch,
-                                cause: ReleaseCause::Retry,
-                            });
-                            continue;
-                        }
-                        Some(e) if *e > lease.epoch => continue,
-                        _ => {}
-                    }
                     if let Some(session) = state.sessions.get(&session).cloned() {
                         let reader = self.start_reader(&session, &lease);
                         state.readers.insert(lease.shard_id.clone(), reader);
