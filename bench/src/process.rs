@@ -11,6 +11,19 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(50999)
 }
 
+/// Where a server's log goes: `KB_BENCH_LOG_DIR/server-PORT.log` when that is set (one
+/// file per instance, to follow a handoff across them), else the bench's stderr.
+fn log_file(port: u16) -> Result<Stdio> {
+    match std::env::var_os("KB_BENCH_LOG_DIR") {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)?;
+            let path = Path::new(&dir).join(format!("server-{port}.log"));
+            Ok(std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?.into())
+        }
+        None => Ok(Stdio::inherit()),
+    }
+}
+
 /// A server process, killed on drop.
 pub struct Server {
     /// The process.
@@ -34,6 +47,7 @@ impl Server {
             // KB_BENCH_SERVER_LOG: a log filter for the servers (to look into a figure).
             .env("RUST_LOG", std::env::var("KB_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
+            .stderr(log_file(port)?)
             .spawn()
             .context("starting kinesis-butler (build it with cargo build --release)")?;
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -167,7 +167,16 @@ impl Shared {
 
 /// One lightweight session: reads events, answers revokes with a release at once (with
 /// the last sequence received), checkpoints what it received every 2 s.
+/// However it ends (a stream error included), the session leaves the board: a session
+/// whose stream broke holds nothing, and convergence must not wait on it.
 async fn session(who: usize, channel: Channel, shared: Arc<Shared>, stop: CancellationToken) -> Result<()> {
+    let ended = session_events(who, channel, &shared, stop).await;
+    shared.board.lock().expect("board").leave(who);
+    shared.changed.notify_waiters();
+    ended
+}
+
+async fn session_events(who: usize, channel: Channel, shared: &Arc<Shared>, stop: CancellationToken) -> Result<()> {
     let mut client = ButlerClient::new(channel);
     let request = pb::GetRecordsRequest {
         app: APP.into(),
@@ -249,9 +258,20 @@ async fn session(who: usize, channel: Channel, shared: Arc<Shared>, stop: Cancel
             }
         }
     }
-    shared.board.lock().expect("board").leave(who);
-    shared.changed.notify_waiters();
     Ok(())
+}
+
+/// Which servers have exited, for the error of a wait that failed.
+fn servers_state(servers: &mut [Server]) -> String {
+    let states: Vec<String> = servers
+        .iter_mut()
+        .enumerate()
+        .map(|(i, sv)| match sv.child.try_wait() {
+            Ok(Some(status)) => format!("instance {i} exited ({status})"),
+            _ => format!("instance {i} running"),
+        })
+        .collect();
+    states.join(", ")
 }
 
 /// Waits (up to `within`) until the board is converged; returns when it was.
@@ -451,7 +471,9 @@ pub async fn run(args: &ScaleArgs) -> Result<Vec<Figure>> {
     for who in 0..args.sessions {
         spawn(who, who % args.instances, &mut stops, &mut tasks);
     }
-    let at = wait_converged(&shared, s, args.sessions, Duration::from_secs(300)).await?;
+    let at = wait_converged(&shared, s, args.sessions, Duration::from_secs(300))
+        .await
+        .with_context(|| servers_state(&mut servers))?;
     figures.push(figure(
         label(&format!("time to converge, {} sessions", args.sessions)),
         (at - started).as_secs_f64(),
@@ -498,7 +520,9 @@ pub async fn run(args: &ScaleArgs) -> Result<Vec<Figure>> {
     let joiner = args.sessions;
     let joined = Instant::now();
     spawn(joiner, 1 % args.instances, &mut stops, &mut tasks);
-    let at = wait_converged(&shared, s, args.sessions + 1, Duration::from_secs(120)).await?;
+    let at = wait_converged(&shared, s, args.sessions + 1, Duration::from_secs(120))
+        .await
+        .with_context(|| servers_state(&mut servers))?;
     figures.push(figure(
         label(&format!("join: session {} until balanced", args.sessions + 1)),
         (at - joined).as_secs_f64(),
@@ -521,7 +545,9 @@ pub async fn run(args: &ScaleArgs) -> Result<Vec<Figure>> {
     // Leave: the first session goes away.
     let left = Instant::now();
     stops[0].cancel();
-    let at = wait_converged(&shared, s, args.sessions, Duration::from_secs(120)).await?;
+    let at = wait_converged(&shared, s, args.sessions, Duration::from_secs(120))
+        .await
+        .with_context(|| servers_state(&mut servers))?;
     figures.push(figure(label("leave: one session leaves until balanced"), (at - left).as_secs_f64(), "s", 3.0, 2));
 
     for stop in &stops {

@@ -17,6 +17,11 @@ use crate::redact::redact_url;
 use crate::retrieval::kinesis::Kinesis;
 use crate::{metrics, store};
 
+/// Concurrent HTTP/2 streams per client connection; a client queues calls beyond it.
+const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// The server's HTTP/2 connection window (h2's small-frame budget is half of it).
+const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+
 /// The listener's TLS settings, if a certificate is configured.
 fn tls_config(config: &ServeConfig) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
     use anyhow::Context;
@@ -109,7 +114,15 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
     info!(listen = %listener.local_addr()?, store = %redact_url(&config.store), instance = core.instance_id(),
         tls = config.tls_cert.is_some(), mutual_tls = config.tls_client_ca.is_some(),
         token = config.auth_token.is_some(), "kinesis-butler serving");
+    // h2 cuts a connection (GOAWAY ENHANCE_YOUR_CALM, "too_many_data_frames") when the
+    // small DATA frames it holds unread cost more than half its connection window; a
+    // processor's burst of checkpoints and releases (one tiny frame each, thousands at once
+    // after a rebalance at scale) reached that while the server was busy, ending every
+    // session on the connection. A bound on concurrent streams and a large window keep
+    // an honest client's frames well within the budget (1,024 × 256 B ≪ 4 MiB).
     let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     if let Some(tls) = tls_config(&config)? {

@@ -111,3 +111,28 @@ async fn bad_requests_are_rejected_and_change_nothing() -> Result<()> {
     drop(other);
     Ok(())
 }
+
+/// Thousands of small calls at once on one connection (a processor releasing every shard
+/// it holds after a rebalance) are each answered: the server's HTTP/2 layer must not take
+/// the burst of small frames for a flood and cut the connection (`ENHANCE_YOUR_CALM`),
+/// which would end every session on it.
+#[tokio::test]
+async fn a_burst_of_small_calls_on_one_connection_is_served() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = format!("sqlite://{}", dir.path().join("burst.db").display());
+    let server = TestServer::start(&store, Emulator::Kinesalite, &[]).await?;
+    let client = server.client().await?;
+    // Tiny requests: each DATA frame costs h2's small-frame budget the most.
+    let calls = (0..20_000).map(|i| {
+        let mut client = client.clone();
+        let req = pb::CheckpointRequest { session_id: format!("s{i}"), ..Default::default() };
+        async move { client.checkpoint(req).await.map_err(|s| s.code()) }
+    });
+    let replies = within(120, "20000 calls", futures::future::join_all(calls)).await?;
+    let mut codes = std::collections::BTreeMap::<String, usize>::new();
+    for reply in replies {
+        *codes.entry(format!("{:?}", reply.err())).or_default() += 1;
+    }
+    assert_eq!(codes.keys().collect::<Vec<_>>(), ["Some(InvalidArgument)"], "every call answered: {codes:?}");
+    Ok(())
+}

@@ -40,10 +40,23 @@ pub(crate) struct View<'a> {
     /// Shutting down: take nothing, start nothing.
     pub draining: bool,
     /// Shard → the highest epoch this instance gave up (stopped or released) at.
-    pub given_up: &'a HashMap<String, u64>,
+    pub given_up: &'a HashMap<String, GivenUp>,
+    /// When the read of `leases` began: a release whose store call returned before it
+    /// shows in it.
+    pub leases_read_at: Instant,
     /// Where this instance starts among the free leases, as a fraction (see
     /// [`balancer::plan_from`]).
     pub free_start: (usize, usize),
+}
+
+/// A lease this instance gave up (a client's release, a revoke's grace, a session gone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct GivenUp {
+    /// The epoch given up.
+    pub epoch: u64,
+    /// When the store call that released it returned (failed or not); `None` while it is
+    /// in flight.
+    pub settled_at: Option<Instant>,
 }
 
 /// Why a lease is released by the group itself (not by its client).
@@ -177,10 +190,12 @@ pub(crate) fn decide(view: &View<'_>) -> Vec<Action> {
                 }
                 match view.given_up.get(shard) {
                     _ if view.draining => {}
-                    // Still held at the epoch given up: the release did not land (a store
-                    // error or timeout), or this read predates it. Release again (refused
-                    // if it did land); a restart would read a lease this instance left.
-                    Some(e) if *e == lease.epoch => {
+                    // Still held at the epoch given up, in a read made after the release
+                    // returned: it did not land (a store error or timeout). Release again
+                    // (refused if it did land); a restart would read a lease this instance
+                    // left. Not while the release is in flight: hundreds of them queue
+                    // behind each other when a session joins at scale.
+                    Some(g) if g.epoch == lease.epoch && g.settled_at.is_some_and(|t| t <= view.leases_read_at) => {
                         released.insert(shard);
                         actions.push(Action::Release {
                             shard: shard.to_owned(),
@@ -189,8 +204,9 @@ pub(crate) fn decide(view: &View<'_>) -> Vec<Action> {
                             cause: ReleaseCause::Retry,
                         })
                     }
-                    // A later epoch was given up: this read is older than that.
-                    Some(e) if *e > lease.epoch => {}
+                    // The release is in flight, or this read is older than it (or than
+                    // a later epoch given up): wait for a newer read.
+                    Some(g) if g.epoch >= lease.epoch => {}
                     _ => actions.push(Action::Start { session: session.to_owned(), lease: lease.clone() }),
                 }
             }
@@ -262,7 +278,8 @@ mod tests {
         readers: BTreeMap<String, ReaderView>,
         now: Instant,
         draining: bool,
-        given_up: HashMap<String, u64>,
+        given_up: HashMap<String, GivenUp>,
+        leases_read_at: Instant,
     }
 
     impl Case {
@@ -275,7 +292,13 @@ mod tests {
                 now: Instant::now(),
                 draining: false,
                 given_up: HashMap::new(),
+                leases_read_at: Instant::now(),
             }
+        }
+        /// Marks `epoch` of shard-0000 given up, its release returned before the read.
+        fn given_up(&mut self, epoch: u64) {
+            let settled_at = Some(self.leases_read_at);
+            self.given_up.insert("shard-0000".into(), GivenUp { epoch, settled_at });
         }
         fn decide(&self) -> Vec<Action> {
             decide(&View {
@@ -287,6 +310,7 @@ mod tests {
                 handoff_grace: Duration::from_secs(5),
                 draining: self.draining,
                 given_up: &self.given_up,
+                leases_read_at: self.leases_read_at,
                 free_start: (0, 1),
             })
         }
@@ -316,17 +340,27 @@ mod tests {
     #[test]
     fn a_lease_given_up_but_still_held_at_that_epoch_is_released_again() {
         let mut c = Case::new(vec![lease(0, Some("a"), 3)], &["a"], &["a"]);
-        c.given_up.insert("shard-0000".into(), 3);
+        c.given_up(3);
         let release =
             Action::Release { shard: "shard-0000".into(), session: "a".into(), epoch: 3, cause: ReleaseCause::Retry };
         assert_eq!(c.decide(), [release]);
-        c.given_up.insert("shard-0000".into(), 4);
+        c.given_up(4);
         assert!(c.decide().is_empty(), "a read older than the epoch given up: nothing");
-        c.given_up.insert("shard-0000".into(), 2);
+        c.given_up(2);
         assert_eq!(c.decide(), [Action::Start { session: "a".into(), lease: c.leases[0].value.clone() }]);
         c.draining = true;
-        c.given_up.insert("shard-0000".into(), 3);
+        c.given_up(3);
         assert!(c.decide().is_empty(), "draining: nothing started or released");
+    }
+
+    #[test]
+    fn a_release_in_flight_or_newer_than_the_read_is_neither_made_again_nor_started() {
+        let mut c = Case::new(vec![lease(0, Some("a"), 3)], &["a"], &["a"]);
+        c.given_up.insert("shard-0000".into(), GivenUp { epoch: 3, settled_at: None });
+        assert!(c.decide().is_empty(), "in flight: nothing");
+        let later = Some(c.leases_read_at + Duration::from_millis(1));
+        c.given_up.insert("shard-0000".into(), GivenUp { epoch: 3, settled_at: later });
+        assert!(c.decide().is_empty(), "returned after the read began: the read may predate it");
     }
 
     #[test]

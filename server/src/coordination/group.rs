@@ -16,9 +16,10 @@ use pb::shard_revoked::Reason;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use crate::coordination::decide::{self, Action, ReaderView, ReleaseCause, View};
+use crate::coordination::announcer::Announcer;
+use crate::coordination::decide::{self, Action, GivenUp, ReaderView, ReleaseCause, View};
 use crate::coordination::liveness::Liveness;
 use crate::coordination::session::Session;
 use crate::error::ButlerError;
@@ -107,7 +108,7 @@ struct GroupState {
     last_renewed: Option<Instant>,
     /// Shard → the highest epoch this instance gave up (released, stopped, dropped). A
     /// round whose lease read predates the release must not start that epoch again.
-    given_up: HashMap<String, u64>,
+    given_up: HashMap<String, GivenUp>,
 }
 
 /// The shared state of one app and stream on this instance.
@@ -119,6 +120,8 @@ pub(crate) struct Group {
     settings: GroupSettings,
     state: Mutex<GroupState>,
     wake: Notify,
+    /// Tells other instances of this group's changes.
+    announcer: Announcer,
     /// Set on shutdown: no new leases, no new readers.
     draining: AtomicBool,
     /// Signalled whenever a reader goes away, for shutdown to wait on.
@@ -139,7 +142,9 @@ impl Group {
         settings: GroupSettings,
     ) -> Self {
         let liveness = Liveness::new(settings.lease_ttl);
+        let announcer = Announcer::new(leases.store().clone(), key.clone());
         Self {
+            announcer,
             key,
             leases,
             source,
@@ -163,9 +168,24 @@ impl Group {
         }
     }
 
+    /// Marks `epoch` of `shard` given up, its release not yet returned.
     fn give_up(state: &mut GroupState, shard: &str, epoch: u64) {
-        let e = state.given_up.entry(shard.to_owned()).or_insert(epoch);
-        *e = (*e).max(epoch);
+        let given = GivenUp { epoch, settled_at: None };
+        let g = state.given_up.entry(shard.to_owned()).or_insert(given);
+        if epoch >= g.epoch {
+            *g = given;
+        }
+    }
+
+    /// Marks the release of `epoch` of each shard returned (whether or not it landed).
+    fn settle<'a>(&self, shards: impl IntoIterator<Item = (&'a str, u64)>) {
+        let mut state = self.state();
+        let now = Instant::now();
+        for (shard, epoch) in shards {
+            if let Some(g) = state.given_up.get_mut(shard).filter(|g| g.epoch == epoch) {
+                g.settled_at.get_or_insert(now);
+            }
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, GroupState> {
@@ -190,18 +210,20 @@ impl Group {
                 .filter(|(_, r)| r.session.id == session_id)
                 .map(|(shard, r)| (shard.clone(), r.epoch))
                 .collect();
-            for (shard, epoch) in gone {
-                if let Some(r) = state.readers.remove(&shard) {
+            for (shard, epoch) in &gone {
+                if let Some(r) = state.readers.remove(shard) {
                     r.cancel.cancel();
                 }
-                Self::give_up(&mut state, &shard, epoch);
+                Self::give_up(&mut state, shard, *epoch);
             }
-            state.sessions.is_empty()
+            (state.sessions.is_empty(), gone)
         };
+        let (empty, gone) = empty;
         if let Err(e) = self.leases.drop_session(&self.key, session_id).await {
             warn!(app = %self.key.app, stream = %self.key.stream, session = session_id, error = %e,
                 "could not free the session's leases; they are free after the lease TTL");
         }
+        self.settle(gone.iter().map(|(shard, epoch)| (shard.as_str(), *epoch)));
         self.announce().await;
         self.released.notify_waiters();
         self.wake.notify_one();
@@ -239,7 +261,9 @@ impl Group {
         let released = self
             .leases
             .checkpoint_and_release_from(&self.key, hint.as_ref(), shard_id, session_id, epoch, checkpoint)
-            .await?;
+            .await;
+        self.settle([(shard_id, epoch)]);
+        let released = released?;
         if let Some(written) = &released {
             self.note_written(written.clone());
         }
@@ -289,14 +313,10 @@ impl Group {
         }
     }
 
-    /// `announce` without making the caller (a client's release) wait for it.
+    /// Tells other instances of a change without making the caller (a client's release)
+    /// wait; a burst of them is one or two notifications.
     fn announce_later(&self) {
-        let (store, key) = (self.leases.store().clone(), self.key.clone());
-        tokio::spawn(async move {
-            if let Err(e) = store.notify(&key).await {
-                warn!(app = %key.app, stream = %key.stream, error = %e, "could not announce a change");
-            }
-        });
+        self.announcer.later();
     }
 
     /// Stops the reader of `shard_id` if `session_id` runs it at `epoch`.
@@ -391,9 +411,7 @@ impl Group {
     /// Tells other instances that this group changed (a join, a release, a handoff
     /// request), so they need not wait for their next round.
     async fn announce(&self) {
-        if let Err(e) = self.leases.store().notify(&self.key).await {
-            warn!(app = %self.key.app, stream = %self.key.stream, error = %e, "could not announce a change");
-        }
+        self.announcer.now().await;
     }
 
     /// Stops every reader when this instance could not renew its sessions for a TTL:
@@ -510,6 +528,7 @@ impl Group {
 
         let read_at = Instant::now();
         let records = self.leases.sessions(key).await?;
+        let sessions_read = read_at.elapsed();
         let stale = {
             let mut state = self.state();
             state.records = records;
@@ -524,15 +543,23 @@ impl Group {
         }
 
         // Two passes: the second starts readers for what the first acquired.
+        let (mut leases_read, mut written) = (Duration::ZERO, Duration::ZERO);
         for _ in 0..2 {
+            let at = Instant::now();
             let leases = self.current_leases().await?;
-            let store_actions = self.apply_local(&leases);
+            leases_read += at.elapsed();
+            let store_actions = self.apply_local(&leases, at);
             if store_actions.is_empty() {
                 break;
             }
+            let at = Instant::now();
             self.apply_store(store_actions).await?;
+            written += at.elapsed();
         }
         let held = self.state().readers.len();
+        debug!(app = %key.app, stream = %key.stream, held, sessions_ms = sessions_read.as_millis() as u64,
+            leases_ms = leases_read.as_millis() as u64, writes_ms = written.as_millis() as u64,
+            total_ms = read_at.elapsed().as_millis() as u64, "round");
         metrics::gauge!(m::LEASES_HELD, "app" => key.app.clone(), "stream" => key.stream.clone()).set(held as f64);
         Ok(())
     }
@@ -570,7 +597,7 @@ impl Group {
 
     /// Decides, performs what needs no store call (start, revoke, stop readers) and
     /// returns the rest.
-    fn apply_local(&self, leases: &[Versioned<Lease>]) -> Vec<Action> {
+    fn apply_local(&self, leases: &[Versioned<Lease>], leases_read_at: Instant) -> Vec<Action> {
         let mut guard = self.state();
         let state = &mut *guard;
         let now = Instant::now();
@@ -593,7 +620,7 @@ impl Group {
             .collect();
         // A read that shows a newer epoch than one given up makes the marker moot.
         for lease in leases {
-            if state.given_up.get(&lease.value.shard_id).is_some_and(|e| lease.value.epoch > *e) {
+            if state.given_up.get(&lease.value.shard_id).is_some_and(|g| lease.value.epoch > g.epoch) {
                 state.given_up.remove(&lease.value.shard_id);
             }
         }
@@ -606,6 +633,7 @@ impl Group {
             handoff_grace: self.settings.handoff_grace,
             draining: self.draining.load(Ordering::SeqCst),
             given_up: &state.given_up,
+            leases_read_at,
             free_start: decide::free_start(
                 &self.instance_id,
                 state.records.iter().map(|r| (r.value.session_id.as_str(), r.value.instance_id.as_str())),
@@ -635,7 +663,11 @@ impl Group {
                 }
                 Action::Stop { shard } => {
                     if let Some(r) = state.readers.remove(&shard) {
+                        // Nothing to release: the lease is no longer this instance's.
                         Self::give_up(state, &shard, r.epoch);
+                        if let Some(g) = state.given_up.get_mut(&shard) {
+                            g.settled_at = Some(now);
+                        }
                         warn!(app = %key.app, stream = %key.stream, shard = %shard, session = %r.session.id, "lease lost");
                         stop(r, &key.stream, &shard, Reason::LeaseLost);
                     }
@@ -699,13 +731,17 @@ impl Group {
             }
             self.announce().await;
         }
-        for (shard, session, epoch) in &release {
-            self.leases.release(key, shard, session, *epoch).await?;
-            self.released.notify_waiters();
-        }
+        // All at once: concurrent single-lease writes share store calls (`combiner.rs`).
+        let released = futures::future::join_all(
+            release.iter().map(|(shard, session, epoch)| self.leases.release(key, shard, session, *epoch)),
+        )
+        .await;
+        self.settle(release.iter().map(|(shard, _, epoch)| (shard.as_str(), *epoch)));
         if !release.is_empty() {
+            self.released.notify_waiters();
             self.announce().await;
         }
+        released.into_iter().collect::<Result<Vec<_>, _>>()?;
         Ok(())
     }
 

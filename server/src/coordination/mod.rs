@@ -2,6 +2,7 @@
 //! decision and the sessions.
 
 pub(crate) mod admin;
+pub(crate) mod announcer;
 pub(crate) mod balancer;
 pub(crate) mod butler;
 pub(crate) mod decide;
