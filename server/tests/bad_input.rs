@@ -122,13 +122,24 @@ async fn a_burst_of_small_calls_on_one_connection_is_served() -> Result<()> {
     let store = format!("sqlite://{}", dir.path().join("burst.db").display());
     let server = TestServer::start(&store, Emulator::Kinesalite, &[]).await?;
     let client = server.client().await?;
-    // Tiny requests: each DATA frame costs h2's small-frame budget the most.
-    let calls = (0..20_000).map(|i| {
-        let mut client = client.clone();
-        let req = pb::CheckpointRequest { session_id: format!("s{i}"), ..Default::default() };
-        async move { client.checkpoint(req).await.map_err(|s| s.code()) }
-    });
-    let replies = within(120, "20000 calls", futures::future::join_all(calls)).await?;
+    within(10, "a first call", client.clone().checkpoint(pb::CheckpointRequest::default())).await?.ok();
+    // Tiny requests (each DATA frame costs h2's small-frame budget the most), sent while
+    // the server is stopped, so that it finds thousands of them at once when it goes on,
+    // as a busy server does.
+    let pid = server.child.id().to_string();
+    let signal = |sig: &str| std::process::Command::new("kill").args([sig, &pid]).status();
+    signal("-STOP")?;
+    let calls: Vec<_> = (0..20_000)
+        .map(|i| {
+            let mut client = client.clone();
+            let req = pb::CheckpointRequest { session_id: format!("s{i}"), ..Default::default() };
+            tokio::spawn(async move { client.checkpoint(req).await.map_err(|s| s.code()) })
+        })
+        .collect();
+    // Fault injection, not synchronisation: time for the calls to fill the socket.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    signal("-CONT")?;
+    let replies = within(120, "20000 calls", futures::future::try_join_all(calls)).await??;
     let mut codes = std::collections::BTreeMap::<String, usize>::new();
     for reply in replies {
         *codes.entry(format!("{:?}", reply.err())).or_default() += 1;
