@@ -120,7 +120,8 @@ pub(crate) struct Group {
     settings: GroupSettings,
     state: Mutex<GroupState>,
     wake: Notify,
-    /// Tells other instances of this group's changes.
+    /// Tells other instances of this group's changes (a join, a release, a handoff
+    /// request, an acquisition), so they need not wait for their next round.
     announcer: Announcer,
     /// Set on shutdown: no new leases, no new readers.
     draining: AtomicBool,
@@ -168,9 +169,10 @@ impl Group {
         }
     }
 
-    /// Marks `epoch` of `shard` given up, its release not yet returned.
-    fn give_up(state: &mut GroupState, shard: &str, epoch: u64) {
-        let given = GivenUp { epoch, settled_at: None };
+    /// Marks `epoch` of `shard` given up; `settled_at` is `None` while its release is in
+    /// flight (see [`Group::settle`]).
+    fn give_up(state: &mut GroupState, shard: &str, epoch: u64, settled_at: Option<Instant>) {
+        let given = GivenUp { epoch, settled_at };
         let g = state.given_up.entry(shard.to_owned()).or_insert(given);
         if epoch >= g.epoch {
             *g = given;
@@ -201,7 +203,7 @@ impl Group {
     /// Removes a local session: stops its readers and frees its leases in the store at
     /// once. Returns whether the group has no local session left.
     pub(crate) async fn remove_session(&self, session_id: &str) -> bool {
-        let empty = {
+        let (empty, gone) = {
             let mut state = self.state();
             state.sessions.remove(session_id);
             let gone: Vec<(String, u64)> = state
@@ -214,17 +216,16 @@ impl Group {
                 if let Some(r) = state.readers.remove(shard) {
                     r.cancel.cancel();
                 }
-                Self::give_up(&mut state, shard, *epoch);
+                Self::give_up(&mut state, shard, *epoch, None);
             }
             (state.sessions.is_empty(), gone)
         };
-        let (empty, gone) = empty;
         if let Err(e) = self.leases.drop_session(&self.key, session_id).await {
             warn!(app = %self.key.app, stream = %self.key.stream, session = session_id, error = %e,
                 "could not free the session's leases; they are free after the lease TTL");
         }
         self.settle(gone.iter().map(|(shard, epoch)| (shard.as_str(), *epoch)));
-        self.announce().await;
+        self.announcer.now().await;
         self.released.notify_waiters();
         self.wake.notify_one();
         empty
@@ -271,7 +272,7 @@ impl Group {
             Some(lease) => {
                 info!(app = %self.key.app, stream = %self.key.stream, shard = shard_id, from = session_id,
                     to = lease.owner.as_deref().unwrap_or(""), epoch = lease.epoch, "lease released");
-                self.announce_later();
+                self.announcer.later();
                 self.wake.notify_one();
                 Ok(())
             }
@@ -313,16 +314,10 @@ impl Group {
         }
     }
 
-    /// Tells other instances of a change without making the caller (a client's release)
-    /// wait; a burst of them is one or two notifications.
-    fn announce_later(&self) {
-        self.announcer.later();
-    }
-
     /// Stops the reader of `shard_id` if `session_id` runs it at `epoch`.
     fn stop_reader_of(&self, session_id: &str, shard_id: &str, epoch: u64) {
         let mut state = self.state();
-        Self::give_up(&mut state, shard_id, epoch);
+        Self::give_up(&mut state, shard_id, epoch, None);
         if state.readers.get(shard_id).is_some_and(|r| r.session.id == session_id && r.epoch == epoch) {
             let r = state.readers.remove(shard_id).expect("present");
             r.cancel.cancel();
@@ -406,12 +401,6 @@ impl Group {
                 }
             }
         }
-    }
-
-    /// Tells other instances that this group changed (a join, a release, a handoff
-    /// request), so they need not wait for their next round.
-    async fn announce(&self) {
-        self.announcer.now().await;
     }
 
     /// Stops every reader when this instance could not renew its sessions for a TTL:
@@ -664,10 +653,7 @@ impl Group {
                 Action::Stop { shard } => {
                     if let Some(r) = state.readers.remove(&shard) {
                         // Nothing to release: the lease is no longer this instance's.
-                        Self::give_up(state, &shard, r.epoch);
-                        if let Some(g) = state.given_up.get_mut(&shard) {
-                            g.settled_at = Some(now);
-                        }
+                        Self::give_up(state, &shard, r.epoch, Some(now));
                         warn!(app = %key.app, stream = %key.stream, shard = %shard, session = %r.session.id, "lease lost");
                         stop(r, &key.stream, &shard, Reason::LeaseLost);
                     }
@@ -676,7 +662,7 @@ impl Group {
                     if let Some(r) = state.readers.remove(shard) {
                         r.cancel.cancel();
                     }
-                    Self::give_up(state, shard, epoch);
+                    Self::give_up(state, shard, epoch, None);
                     if cause == ReleaseCause::GraceExpired {
                         warn!(app = %key.app, stream = %key.stream, shard = %shard, session = %session,
                             "no release within the handoff grace; handing the shard over");
@@ -711,7 +697,7 @@ impl Group {
             let got = self.leases.acquire_many(key, &acquire).await?;
             // Other instances plan with this instance's holdings: tell them at once.
             if got.iter().any(Option::is_some) {
-                self.announce_later();
+                self.announcer.later();
             }
             for ((before, session, _), lease) in acquire.iter().zip(got) {
                 if let Some(lease) = lease {
@@ -729,7 +715,7 @@ impl Group {
                         "handoff requested");
                 }
             }
-            self.announce().await;
+            self.announcer.now().await;
         }
         // All at once: concurrent single-lease writes share store calls (`combiner.rs`).
         let released = futures::future::join_all(
@@ -739,7 +725,7 @@ impl Group {
         self.settle(release.iter().map(|(shard, _, epoch)| (shard.as_str(), *epoch)));
         if !release.is_empty() {
             self.released.notify_waiters();
-            self.announce().await;
+            self.announcer.now().await;
         }
         released.into_iter().collect::<Result<Vec<_>, _>>()?;
         Ok(())
